@@ -1,0 +1,86 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from model import Net
+
+EXPECTED_NORM_LAYER = {"bn": nn.BatchNorm2d, "ln": nn.GroupNorm, "gn": nn.GroupNorm}
+
+
+def norm_layers(model):
+    return [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
+
+
+@pytest.mark.parametrize("norm", ["bn", "ln", "gn"])
+def test_layer_types_and_parameter_count(norm):
+    model = Net(norm)
+    layers = norm_layers(model)
+    assert len(layers) == 6 and all(type(m) is EXPECTED_NORM_LAYER[norm] for m in layers)
+    if norm == "ln":
+        assert all(m.num_groups == 1 for m in layers)
+    if norm == "gn":
+        assert all(m.num_groups == 4 for m in layers)
+    conv = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
+    affine = sum(2 * (m.num_features if norm == "bn" else m.num_channels) for m in layers)
+    assert sum(p.numel() for p in model.parameters()) == conv + affine < 10_000
+
+
+@pytest.mark.parametrize("norm", ["bn", "ln", "gn"])
+def test_output_is_log_probabilities_per_class(norm):
+    out = Net(norm)(torch.randn(5, 1, 28, 28))
+    assert out.shape == (5, 10)
+    assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-5)
+
+
+def first_norm_output(norm, x, groups=4):
+    """Output of the first normalization layer (affine at its identity init) for input x."""
+    model = Net(norm, groups=groups, dropout=0.0).train()
+    return model.features[0][1](model.features[0][0](x))
+
+
+def test_batchnorm_normalizes_each_channel_over_batch_and_pixels():
+    y = first_norm_output("bn", torch.randn(16, 1, 28, 28) * 3 + torch.arange(16.0).view(16, 1, 1, 1))
+    assert torch.allclose(y.mean((0, 2, 3)), torch.zeros(8), atol=1e-4)
+    assert torch.allclose(y.var((0, 2, 3), unbiased=False), torch.ones(8), atol=1e-3)
+    # but not per sample: single samples keep their own offsets
+    assert y.mean((1, 2, 3)).abs().max() > 0.05
+
+
+def test_layernorm_normalizes_each_sample_over_channels_and_pixels():
+    x = torch.randn(6, 1, 28, 28) * torch.arange(1, 7).view(6, 1, 1, 1) + torch.arange(6).view(6, 1, 1, 1)
+    y = first_norm_output("ln", x)
+    assert torch.allclose(y.mean((1, 2, 3)), torch.zeros(6), atol=1e-4)
+    assert torch.allclose(y.var((1, 2, 3), unbiased=False), torch.ones(6), atol=1e-3)
+    # channels are not normalized one by one
+    assert y.mean((2, 3)).abs().max() > 0.05
+
+
+def test_groupnorm_normalizes_each_sample_and_group_of_channels():
+    x = torch.randn(6, 1, 28, 28) * 2 - 1
+    y = first_norm_output("gn", x, groups=4).view(6, 4, 2, 26, 26)  # 8 channels: 4 groups of 2
+    assert torch.allclose(y.mean((2, 3, 4)), torch.zeros(6, 4), atol=1e-4)
+    assert torch.allclose(y.var((2, 3, 4), unbiased=False), torch.ones(6, 4), atol=1e-3)
+    assert y.mean((3, 4)).abs().max() > 0.05  # single channels within a group are not centred
+
+
+def test_groupnorm_is_independent_of_other_samples_and_batchnorm_is_not():
+    x = torch.randn(8, 1, 28, 28)
+    for norm, independent in (("gn", True), ("ln", True), ("bn", False)):
+        torch.manual_seed(0)
+        alone = first_norm_output(norm, x[:4])
+        torch.manual_seed(0)
+        together = first_norm_output(norm, torch.cat([x[:4], 5 * x[4:] + 3]))[:4]
+        assert torch.allclose(alone, together, atol=1e-5) == independent, norm
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"norm": "batch"}, "unknown norm 'batch'; allowed: 'bn', 'ln', 'gn'"),
+    ({"norm": "gn", "groups": 3}, "groups=3 does not divide a layer's 8 channels"),
+    ({"norm": "gn", "groups": 0}, "groups must be a positive int"),
+    ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+    ({"dropout": -0.1}, "dropout must be in [0, 1), got -0.1"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        Net(**kwargs)
+    assert message in str(error.value)

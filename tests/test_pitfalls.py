@@ -1,0 +1,195 @@
+"""One test per mistake seen in public course projects of this study, named after the pitfall."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import utils
+from model import Net
+
+
+def test_l1_gradient_reaches_conv_weights_as_lambda_times_sign():
+    """Pitfall: L1 added to an MSE on argmax, so no gradient reached the weights."""
+    model, lam = Net("bn"), 1e-3
+    (lam * utils.l1_penalty(model)).backward()
+    for w in utils.conv_weights(model):
+        assert torch.allclose(w.grad, lam * w.sign())
+
+
+def test_cross_entropy_plus_l1_decreases_in_a_few_steps(tiny):
+    (x, y), _ = tiny
+    torch.manual_seed(0)
+    model, lam = Net("bn", dropout=0.0), 1e-4
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def objective():
+        return F.nll_loss(model(x[:128]), y[:128]) + lam * utils.l1_penalty(model)
+
+    before = objective().item()
+    for _ in range(10):
+        optimizer.zero_grad()
+        objective().backward()
+        optimizer.step()
+    assert objective().item() < before - 0.3
+
+
+def test_l1_covers_conv_weights_only_not_norm_affine():
+    """Pitfall: L1 over all parameters, normalization scale and shift included."""
+    model = Net("gn")
+    expected = sum(m.weight.abs().sum() for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert torch.allclose(utils.l1_penalty(model), expected)
+    for m in model.modules():
+        if isinstance(m, nn.GroupNorm):
+            nn.init.constant_(m.weight, 5.0)
+            nn.init.constant_(m.bias, -3.0)
+    assert torch.allclose(utils.l1_penalty(model), expected)
+    utils.l1_penalty(model).backward()
+    assert all(m.weight.grad is None for m in model.modules() if isinstance(m, nn.GroupNorm))
+
+
+def test_l1_is_the_sum_not_a_mean_per_tensor():
+    """Pitfall: L1 as a mean of |w| per tensor; ours is the sum of |w| over every conv weight."""
+    model = Net("ln")
+    for w in utils.conv_weights(model):
+        nn.init.constant_(w, -0.01)
+    conv_weight_count = 72 + 1152 + 128 + 1152 + 3 * 2304 + 160
+    assert utils.l1_penalty(model).item() == pytest.approx(0.01 * conv_weight_count)
+
+
+def test_l2_weight_decay_applies_to_conv_weights_only():
+    model = Net("bn")
+    optimizer = utils.make_optimizer(model, lr=0.1, l2=5e-4)
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 5e-4 for p in g["params"]}
+    assert decayed == {id(w) for w in utils.conv_weights(model)}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def lr_sequence(train, steps=30):
+    torch.manual_seed(0)
+    model = Net("ln")
+    optimizer = utils.make_optimizer(model, lr=0.1)
+    scheduler = utils.make_scheduler(optimizer, max_lr=0.1, total_steps=steps)
+    lrs = []
+    for _ in range(steps - 1):
+        optimizer.zero_grad()
+        if train:
+            model(torch.randn(8, 1, 28, 28)).sum().backward()
+        optimizer.step()  # without gradients, a no-op
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def test_schedule_depends_on_the_step_count_only():
+    """Pitfall: the LR schedule stepped on test loss; ours is a function of the step k alone."""
+    trained, untouched = lr_sequence(train=True), lr_sequence(train=False)
+    assert trained == untouched
+    peak = max(range(len(trained)), key=trained.__getitem__)
+    assert trained[peak] == pytest.approx(0.1) and trained[0] < 0.1 and trained[-1] < 0.001
+
+
+def test_headline_is_the_final_epoch_and_best_is_labelled():
+    h = {"name": "LN", "params": 1, "epoch": [1, 2, 3], "seconds": [1, 1, 1], "train_loss": [1, 1, 1],
+         "train_acc": [95.0, 97.0, 96.0], "test_loss": [1, 1, 1], "test_acc": [99.0, 99.6, 99.3]}
+    header, _, row = utils.results_table([h]).splitlines()[:3]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    columns = [c.strip() for c in header.split("|")[1:-1]]
+    assert cells[columns.index("final test acc")] == "99.30%"
+    assert cells[columns.index("best test acc (epoch)")] == "99.60% (2)"
+
+
+def test_misclassified_are_deterministic_and_truly_mispredicted(tiny):
+    """Pitfall: misclassified images taken from a shuffled last training pass."""
+    _, (test_x, test_y) = tiny
+    torch.manual_seed(0)
+    model = Net("bn")
+    first = utils.misclassified(model, test_x, test_y)
+    second = utils.misclassified(model, test_x, test_y)
+    assert first == second and len(first["index"]) == 10
+    assert all(utils.predict(model, test_x[i:i + 1]).argmax().item() != test_y[i] for i in first["index"])
+
+
+def test_test_loss_is_summed_per_sample_loss_over_n(tiny):
+    """Pitfall: printed 'average' was the last batch's loss, or divided by the wrong count."""
+    _, (x, y) = tiny
+    torch.manual_seed(0)
+    model = Net("gn").eval()
+    with torch.no_grad():
+        by_hand = sum(-model(x[i:i + 1])[0, y[i]].item() for i in range(len(y))) / len(y)
+        correct = sum(model(x[i:i + 1]).argmax().item() == y[i] for i in range(len(y)))
+    loss, accuracy = utils.evaluate(model, x, y)
+    assert loss == pytest.approx(by_hand, rel=1e-5)
+    assert accuracy == pytest.approx(100 * correct / len(y))
+
+
+def test_train_loss_is_the_sample_weighted_mean_over_the_epoch(tiny):
+    (x, y), _ = tiny
+    x, y = x[:100], y[:100]  # batches of 32: three full ones, the last 4 samples dropped
+    model = Net("ln", dropout=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay put: the loss can be recomputed
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    torch.manual_seed(3)
+    loss, accuracy = utils.train_epoch(model, optimizer, scheduler, x, y, 32)
+    torch.manual_seed(3)
+    losses, hits = [], 0
+    with torch.no_grad():
+        for xb, yb in utils.batches(x, y, 32, shuffle=True, drop_last=True):
+            out = model(utils.augment(xb))
+            losses.append(F.nll_loss(out, yb, reduction="none"))
+            hits += (out.argmax(1) == yb).sum().item()
+    assert loss == pytest.approx(torch.cat(losses).mean().item(), rel=1e-5)
+    assert accuracy == pytest.approx(100 * hits / 96)
+
+
+def test_train_accuracy_is_labelled_as_running():
+    """Pitfall: the running train accuracy presented as if measured on the final weights."""
+    h = {"name": "GN", "params": 1, "epoch": [1], "seconds": [1], "train_loss": [0.1], "train_acc": [97.0],
+         "test_loss": [0.05], "test_acc": [99.0]}
+    assert "running mean over each epoch's augmented batches" in utils.results_table([h])
+    fig = utils.plot_train_curves([h])
+    assert all("running" in ax.get_title() for ax in fig.axes)
+    utils.plt.close(fig)
+
+
+def test_history_holds_plain_numbers_not_tensors(tiny, tmp_path):
+    """Pitfall: loss tensors appended to a list, keeping every autograd graph alive."""
+    _, history = utils.train_model({"name": "BN + L1", "model": {"norm": "bn"}, "l1": 1e-4}, tiny, epochs=1,
+                                   batch_size=128, progress=False)
+    for key in ("lr", "seconds", "train_loss", "train_acc", "test_loss", "test_acc"):
+        assert all(type(v) is float for v in history[key]), key
+    utils.save_histories([history], tmp_path / "h.json")
+    assert utils.load_histories(tmp_path / "h.json") == [history]
+
+
+def test_seeded_runs_repeat_exactly_with_one_consistent_cudnn_setting(tiny):
+    """Pitfall: cudnn.deterministic=True together with benchmark=True."""
+    config = {"name": "BN + L1", "model": {"norm": "bn"}, "l1": 1e-4}
+    first = utils.train_model(config, tiny, epochs=1, batch_size=64, seed=7, progress=False)[1]
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    second = utils.train_model(config, tiny, epochs=1, batch_size=64, seed=7, progress=False)[1]
+    other_seed = utils.train_model(config, tiny, epochs=1, batch_size=64, seed=8, progress=False)[1]
+    keys = ("train_loss", "train_acc", "test_loss", "test_acc")
+    assert [first[k] for k in keys] == [second[k] for k in keys]
+    assert first["train_loss"] != other_seed["train_loss"]
+
+
+@pytest.mark.parametrize("kwargs", [{"max_degrees": 7.0, "max_shift": 0.0}, {"max_degrees": 0.0, "max_shift": 2.0}])
+def test_every_augmentation_acts_on_grayscale_digits(mnist, kwargs):
+    """Pitfall: hue/saturation jitter on 1-channel images, a no-op; each of ours changes the pixels."""
+    (x, _), _ = mnist
+    torch.manual_seed(0)
+    changed = (utils.augment(x[:32], **kwargs) - x[:32]).abs().amax((1, 2, 3))
+    assert (changed > 0.3).float().mean() > 0.9
+    assert torch.allclose(utils.augment(x[:32], max_degrees=0.0, max_shift=0.0), x[:32], atol=1e-5)
+
+
+def test_misclassified_grid_shows_denormalized_pixels_with_predicted_and_actual(tiny):
+    """Pitfall: normalized pixels shown (clipping warnings), tiles without the actual label."""
+    _, (test_x, test_y) = tiny
+    mistakes = utils.misclassified(Net("gn"), test_x, test_y)
+    fig = utils.plot_misclassified(test_x, mistakes, "GN")
+    for ax, p, a in zip(fig.axes, mistakes["predicted"], mistakes["actual"]):
+        assert f"predicted {p}" in ax.get_title() and f"actual {a}" in ax.get_title()
+        pixels = ax.get_images()[0].get_array()
+        assert pixels.min() >= 0 and pixels.max() <= 1
+    utils.plt.close(fig)

@@ -1,0 +1,132 @@
+import json
+
+import pytest
+import torch
+
+import utils
+from model import Net
+
+
+def test_mnist_is_loaded_normalized_on_the_device(mnist):
+    (train_x, train_y), (test_x, test_y) = mnist
+    assert train_x.shape == (60_000, 1, 28, 28) and test_x.shape == (10_000, 1, 28, 28)
+    assert train_x.dtype == torch.float32 and train_y.dtype == torch.int64
+    assert abs(train_x.mean().item()) < 0.01 and abs(train_x.std().item() - 1) < 0.01
+    assert sorted(train_y.unique().tolist()) == list(range(10))
+    assert train_x.min().item() == pytest.approx(utils.BACKGROUND)
+
+
+def test_offline_without_files_says_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils.datasets.MNIST, "mirrors", [f"file://{tmp_path}/no-such-mirror/"])
+    with pytest.raises(FileNotFoundError) as error:
+        utils.load_mnist(tmp_path)
+    message = str(error.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    assert all(name in message for name in utils.MNIST_FILES)
+
+
+def test_augmentation_keeps_shape_and_label_and_changes_the_image(mnist):
+    (train_x, train_y), (test_x, test_y) = mnist
+    x, y = test_x[:500], test_y[:500]
+    torch.manual_seed(0)
+    augmented = utils.augment(x)
+    assert augmented.shape == x.shape
+    assert (augmented - x).abs().amax((1, 2, 3)).min() > 0.5  # every image moved
+
+    def nearest_neighbour_labels(images):  # 1-NN on raw pixels against 10,000 training digits
+        return train_y[torch.cdist(images.flatten(1), train_x[:10_000].flatten(1)).argmin(1)]
+
+    # still recognizably the same digits: 1-NN on pixels (shift-sensitive) stays well above the 40% it gets
+    # on label-breaking changes such as a mirror image; on the originals it gets about 92%
+    original = (nearest_neighbour_labels(x) == y).float().mean()
+    kept = (nearest_neighbour_labels(augmented) == y).float().mean()
+    mirrored = (nearest_neighbour_labels(x.flip(3)) == y).float().mean()
+    assert original > 0.9 and kept > 0.7 and mirrored < 0.5
+    # no pixel leaves the range of real pixels; the frame corners stay background
+    assert augmented.min() >= utils.BACKGROUND - 1e-5
+    assert augmented.max() <= (1 - utils.MNIST_MEAN) / utils.MNIST_STD + 1e-5
+    assert torch.allclose(augmented[:, :, 0, 0], torch.full((500, 1), utils.BACKGROUND), atol=1e-5)
+
+
+def test_batches_cover_the_data_once_and_shuffle(mnist):
+    (train_x, train_y), _ = mnist
+    x, y = train_x[:100], torch.arange(100)
+    fixed = [b for _, b in utils.batches(x, y, 32)]
+    assert [len(b) for b in fixed] == [32, 32, 32, 4] and torch.equal(torch.cat(fixed), y)
+    shuffled = torch.cat([b for _, b in utils.batches(x, y, 32, shuffle=True, drop_last=True)])
+    assert len(shuffled) == 96 and len(shuffled.unique()) == 96 and not torch.equal(shuffled, y[:96])
+
+
+def test_misclassified_returns_only_wrong_predictions(tiny):
+    _, (test_x, test_y) = tiny
+    torch.manual_seed(0)
+    model = Net("gn")  # untrained: plenty of mistakes
+    mistakes = utils.misclassified(model, test_x, test_y, count=10)
+    predicted = utils.predict(model, test_x).argmax(1)
+    assert len(mistakes["index"]) == 10
+    for i, p, a in zip(mistakes["index"], mistakes["predicted"], mistakes["actual"]):
+        assert predicted[i] == p != a == test_y[i]
+    assert mistakes["probability"] == sorted(mistakes["probability"], reverse=True)
+
+
+def test_train_model_history_round_trips_through_json(tiny, tmp_path):
+    config = {"name": "GN", "model": {"norm": "gn"}}
+    _, history = utils.train_model(config, tiny, epochs=2, batch_size=64, progress=False)
+    assert history["epoch"] == [1, 2] and history["params"] == utils.count_parameters(Net("gn"))
+    path = tmp_path / "sub" / "history.json"
+    utils.save_histories([history], path)
+    assert utils.load_histories(path) == [history]
+    json.dumps(history)  # plain numbers and strings only
+
+
+def test_training_reduces_the_test_loss(tiny):
+    _, untrained = utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, epochs=1, batch_size=64,
+                                     max_lr=1e-9, progress=False)
+    _, trained = utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, epochs=4, batch_size=64,
+                                   progress=False)
+    assert trained["test_loss"][-1] < untrained["test_loss"][-1] - 0.3
+    assert trained["test_acc"][-1] > untrained["test_acc"][-1] + 20
+
+
+def test_batch_size_larger_than_the_data_is_rejected(tiny):
+    with pytest.raises(ValueError, match="batch_size 1024 is larger than the 512 training images"):
+        utils.train_model({"name": "LN", "model": {"norm": "ln"}}, tiny, epochs=1, batch_size=1024)
+
+
+def fake_history(name, test_acc):
+    n = len(test_acc)
+    return {"name": name, "params": 9752, "epoch": list(range(1, n + 1)), "seconds": [1.5] * n,
+            "train_loss": [0.5 / e for e in range(1, n + 1)], "train_acc": [90.0 + e for e in range(n)],
+            "test_loss": [0.1 / e for e in range(1, n + 1)], "test_acc": test_acc}
+
+
+def test_plots_write_png_files(tiny, tmp_path):
+    histories = [fake_history("BN + L1", [98.0, 99.5, 99.4]), fake_history("GN", [97.0, 99.0, 99.3])]
+    _, (test_x, test_y) = tiny
+    mistakes = utils.misclassified(Net("ln"), test_x, test_y)
+    for path, draw in [
+        (tmp_path / "loss.png", lambda p: utils.plot_metric(histories, "test_loss", "nats", "Test loss", p)),
+        (tmp_path / "train.png", lambda p: utils.plot_train_curves(histories, p)),
+        (tmp_path / "grid.png", lambda p: utils.plot_misclassified(test_x, mistakes, "LN", p)),
+    ]:
+        fig = draw(path)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
+        utils.plt.close(fig)
+
+
+def test_accuracy_plot_has_labelled_axes_and_a_legend_naming_each_configuration():
+    histories = [fake_history("BN + L1", [98.0, 99.5]), fake_history("LN", [97.0, 99.0])]
+    fig = utils.plot_metric(histories, "test_acc", "accuracy (%)", "Test accuracy", ylim=(98, 100))
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("epoch", "accuracy (%)", "Test accuracy")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN + L1", "LN"]
+    assert ax.get_ylim() == (98, 100)
+    utils.plt.close(fig)
+
+
+def test_results_table_reports_final_and_labelled_best_epoch():
+    table = utils.results_table([fake_history("GN", [98.0, 99.5, 99.4])])
+    row = table.splitlines()[2]
+    assert row.startswith("| GN | 9,752 | 99.40% |")
+    assert "99.50% (2)" in row and "| 4 s |" in row
+    assert "final test acc" in table and "best test acc (epoch)" in table

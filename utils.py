@@ -1,0 +1,295 @@
+"""Data, training, regularizers, seeding, history and plots for the BN / LN / GN study on MNIST.
+
+The whole dataset lives on the training device as tensors and is augmented there in batch, so the GPU is
+never waiting for a CPU data pipeline.
+"""
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision import datasets
+from tqdm import tqdm
+
+from model import Net
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+BACKGROUND = (0.0 - MNIST_MEAN) / MNIST_STD  # a black pixel after normalization
+
+
+# ---------------------------------------------------------------- device, seed, data
+
+def get_device():
+    """The GPU if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device):
+    """A human-readable name of `device`, for logs and the README."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def set_seed(seed):
+    """Seed every generator the study uses; with cuDNN's autotuner off, a run is repeatable on one device."""
+    random.seed(seed)
+    torch.manual_seed(seed)  # CPU and all GPUs
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def load_mnist(root="data", device="cpu"):
+    """MNIST as ((train_images, train_labels), (test_images, test_labels)) on `device`.
+
+    Images are float tensors of shape (N, 1, 28, 28), normalized with the MNIST mean and std; labels are int64.
+    Downloads into `root` when the files are missing and the machine is online.
+    """
+    raw = Path(root) / "MNIST" / "raw"
+    splits = []
+    for train in (True, False):
+        try:
+            dataset = datasets.MNIST(root, train=train, download=True)
+        except Exception as error:  # offline: URLError, RuntimeError, ... from torchvision's downloader
+            raise FileNotFoundError(
+                f"MNIST is not in {raw} and could not be downloaded ({type(error).__name__}: {error}). "
+                f"Offline, put the four decompressed files {', '.join(MNIST_FILES)} into {raw}/"
+            ) from error
+        images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
+        splits.append((images.to(device), dataset.targets.to(device)))
+    return tuple(splits)
+
+
+def augment(images, max_degrees=7.0, max_shift=2.0):
+    """Rotate each image by up to `max_degrees` and shift it by up to `max_shift` pixels, all in one batch op.
+
+    Pixels that come in from outside the frame are background (black), as in the original digits.
+    """
+    n = images.shape[0]
+    angle = (torch.rand(n, device=images.device) * 2 - 1) * math.radians(max_degrees)
+    shift = (torch.rand(n, 2, device=images.device) * 2 - 1) * (2 * max_shift / images.shape[-1])
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, images.shape, align_corners=False)
+    return F.grid_sample(images - BACKGROUND, grid, align_corners=False) + BACKGROUND
+
+
+def batches(images, labels, batch_size, shuffle=False, drop_last=False):
+    """Yield (images, labels) mini-batches of on-device tensors; a new random order each call if `shuffle`."""
+    n = len(images)
+    order = torch.randperm(n, device=images.device) if shuffle else torch.arange(n, device=images.device)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        index = order[start:start + batch_size]
+        yield images[index], labels[index]
+
+
+# ---------------------------------------------------------------- regularizers, optimizer
+
+def conv_weights(model):
+    """The conv kernels: the only parameters the L1 and L2 penalties act on.
+
+    Norm scales and shifts are left alone: there are few of them, they set the scale of whole channels rather
+    than fit the data, and pulling them to zero would switch channels off instead of regularizing them.
+    """
+    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def l1_penalty(model):
+    """Sum of the absolute values of all conv weights (multiply by the L1 lambda and add to the loss)."""
+    return sum(w.abs().sum() for w in conv_weights(model))
+
+
+def make_optimizer(model, lr, l2=0.0, momentum=0.9):
+    """SGD with Nesterov momentum; L2 acts as weight decay `l2` on the conv weights only."""
+    decayed = {id(w) for w in conv_weights(model)}
+    others = [p for p in model.parameters() if id(p) not in decayed]
+    groups = [{"params": conv_weights(model), "weight_decay": l2}, {"params": others, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+
+
+def make_scheduler(optimizer, max_lr, total_steps):
+    """One-cycle learning rate: warm up for a fifth of the steps, then cosine down; a function of the step only."""
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps,
+                                               pct_start=0.2, div_factor=10, final_div_factor=100)
+
+
+# ---------------------------------------------------------------- train and test
+
+def train_epoch(model, optimizer, scheduler, images, labels, batch_size, l1=0.0, on_step=None):
+    """One pass over the shuffled, augmented training set; returns (mean loss, accuracy %) over the epoch.
+
+    Both are running figures: sample-weighted means over the epoch's batches while the weights change, of the
+    cross-entropy alone (without the L1 term). `on_step()` is called after each step (progress bars).
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    seen = 0
+    for x, y in batches(images, labels, batch_size, shuffle=True, drop_last=True):
+        log_probs = model(augment(x))
+        loss = F.nll_loss(log_probs, y)
+        objective = loss + l1 * l1_penalty(model) if l1 else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (log_probs.argmax(1) == y).sum()
+        seen += len(y)
+        if on_step:
+            on_step()
+    return loss_sum.item() / seen, 100.0 * correct.item() / seen
+
+
+@torch.no_grad()
+def predict(model, images, batch_size=1000):
+    """Log-probabilities for `images` from the model in eval mode, in the order given."""
+    model.eval()
+    return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def evaluate(model, images, labels):
+    """(mean loss, accuracy %) on a fixed set: summed per-sample cross-entropy / N, and percent correct."""
+    log_probs = predict(model, images)
+    loss = F.nll_loss(log_probs, labels, reduction="sum").item() / len(labels)
+    return loss, 100.0 * (log_probs.argmax(1) == labels).sum().item() / len(labels)
+
+
+def misclassified(model, images, labels, count=10):
+    """The `count` most confident mistakes of the model: dict of index, predicted, actual, probability lists."""
+    probs = predict(model, images).exp()
+    confidence, predicted = probs.max(1)
+    wrong = (predicted != labels).nonzero().squeeze(1)
+    order = torch.sort(confidence[wrong], descending=True, stable=True).indices[:count]
+    index = wrong[order]
+    return {"index": index.tolist(), "predicted": predicted[index].tolist(),
+            "actual": labels[index].tolist(), "probability": confidence[index].tolist()}
+
+
+def count_parameters(model):
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seed=1, device="cpu", progress=True):
+    """Build `Net(**config["model"])`, train it for `epochs` and test after each; returns (model, history).
+
+    `config` is {"name": ..., "model": Net kwargs, "l1": lambda, "l2": lambda}. The history holds plain
+    numbers per epoch (JSON-ready) plus the config, seed and parameter count.
+    """
+    (train_x, train_y), (test_x, test_y) = data
+    set_seed(seed)
+    model = Net(**config.get("model", {})).to(device)
+    l1, l2 = config.get("l1", 0.0), config.get("l2", 0.0)
+    optimizer = make_optimizer(model, max_lr, l2)
+    steps = len(train_x) // batch_size
+    if steps == 0:
+        raise ValueError(f"batch_size {batch_size} is larger than the {len(train_x)} training images")
+    scheduler = make_scheduler(optimizer, max_lr, epochs * steps)
+    history = {"name": config["name"], "config": config, "seed": seed, "batch_size": batch_size,
+               "max_lr": max_lr, "params": count_parameters(model), "epoch": [], "lr": [], "seconds": [],
+               "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        with tqdm(total=steps, desc=f"{config['name']:>8} epoch {epoch:2d}/{epochs}", file=sys.stdout,
+                  disable=not progress, mininterval=1.0, ncols=110, ascii=" #") as bar:
+            lr = optimizer.param_groups[0]["lr"]
+            train_loss, train_acc = train_epoch(model, optimizer, scheduler, train_x, train_y, batch_size,
+                                                l1, on_step=bar.update)
+            test_loss, test_acc = evaluate(model, test_x, test_y)
+            seconds = time.perf_counter() - start
+            bar.set_postfix_str(f"train {train_loss:.4f} {train_acc:.2f}% | test {test_loss:.4f} "
+                                f"{test_acc:.2f}%")
+        for key, value in zip(("epoch", "lr", "seconds", "train_loss", "train_acc", "test_loss", "test_acc"),
+                              (epoch, lr, seconds, train_loss, train_acc, test_loss, test_acc)):
+            history[key].append(value)
+    return model, history
+
+
+# ---------------------------------------------------------------- history
+
+def save_histories(histories, path):
+    """Write a list of histories to a JSON file."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(histories, indent=1))
+
+
+def load_histories(path):
+    """Read the list of histories written by save_histories."""
+    return json.loads(Path(path).read_text())
+
+
+def results_table(histories):
+    """A Markdown table per configuration: parameters, final and best test accuracy, train accuracy, time.
+
+    The headline is the final epoch; "best" is extra information, picked on the test set after the fact.
+    """
+    rows = ["| configuration | params | final test acc | final test loss | best test acc (epoch) "
+            "| final train acc* | best train acc* (epoch) | training time |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for h in histories:
+        best_test = max(range(len(h["epoch"])), key=lambda i: h["test_acc"][i])
+        best_train = max(range(len(h["epoch"])), key=lambda i: h["train_acc"][i])
+        rows.append(f"| {h['name']} | {h['params']:,} | {h['test_acc'][-1]:.2f}% | {h['test_loss'][-1]:.4f} "
+                    f"| {h['test_acc'][best_test]:.2f}% ({h['epoch'][best_test]}) | {h['train_acc'][-1]:.2f}% "
+                    f"| {h['train_acc'][best_train]:.2f}% ({h['epoch'][best_train]}) | {sum(h['seconds']):.0f} s |")
+    return "\n".join(rows) + ("\n\n*train accuracy is the running mean over each epoch's augmented batches, "
+                              "measured while the weights change.")
+
+
+# ---------------------------------------------------------------- plots
+
+def _finish(fig, path):
+    fig.tight_layout()
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_metric(histories, key, ylabel, title, path=None, ylim=None, ax=None):
+    """One line per configuration of `key` ("test_loss", "test_acc", ...) against the epoch; saves a PNG."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4.2))
+    for h in histories:
+        ax.plot(h["epoch"], h[key], marker="o", markersize=3, label=h["name"])
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _finish(fig, path)
+
+
+def plot_train_curves(histories, path=None):
+    """Training loss and training accuracy (running, augmented) of every configuration, side by side."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    plot_metric(histories, "train_loss", "cross-entropy (nats)", "Training loss (running mean per epoch)", ax=left)
+    plot_metric(histories, "train_acc", "accuracy (%)", "Training accuracy (running, augmented batches)",
+                ax=right)
+    return _finish(fig, path)
+
+
+def plot_misclassified(images, mistakes, title, path=None):
+    """A 5x2 grid (5 rows, 2 columns) of misclassified digits, each titled with predicted, actual, probability."""
+    fig, axes = plt.subplots(5, 2, figsize=(4.4, 10))
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= len(mistakes["index"]):
+            continue
+        pixels = (images[mistakes["index"][i], 0] * MNIST_STD + MNIST_MEAN).clamp(0, 1).cpu().numpy()
+        ax.imshow(pixels, cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"predicted {mistakes['predicted'][i]} (p={mistakes['probability'][i]:.2f})\n"
+                     f"actual {mistakes['actual'][i]}  [#{mistakes['index'][i]}]", fontsize=9)
+    fig.suptitle(title)
+    return _finish(fig, path)
