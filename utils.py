@@ -126,30 +126,29 @@ def make_scheduler(optimizer, max_lr, total_steps):
 
 # ---------------------------------------------------------------- train and test
 
-def train_epoch(model, optimizer, scheduler, images, labels, batch_size, l1=0.0, on_step=None):
-    """One pass over the shuffled, augmented training set; returns (mean loss, accuracy %) over the epoch.
+def train_epoch(model, optimizer, scheduler, loader, l1=0.0, augment_batch=augment, on_step=None):
+    """One training pass over `loader`, an iterable of (images, labels) batches, each augmented by `augment_batch`.
 
-    Both are running figures: sample-weighted means over the epoch's batches while the weights change, of the
-    cross-entropy alone (without the L1 term). `on_step()` is called after each step (progress bars).
+    Returns (mean loss, accuracy %) over the epoch. Both are running figures: sample-weighted means over the
+    epoch's batches while the weights change, of the cross-entropy alone (without the L1 term). The
+    scheduler steps once per batch. `on_step()` is called after each step (progress bars).
     """
     model.train()
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device, dtype=torch.long)
-    seen = 0
-    for x, y in batches(images, labels, batch_size, shuffle=True, drop_last=True):
-        log_probs = model(augment(x))
+    loss_sums, hits, seen = [], [], 0
+    for x, y in loader:
+        log_probs = model(augment_batch(x) if augment_batch else x)
         loss = F.nll_loss(log_probs, y)
         objective = loss + l1 * l1_penalty(model) if l1 else loss
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
         scheduler.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (log_probs.argmax(1) == y).sum()
+        loss_sums.append(loss.detach() * len(y))  # tensors: no waiting for the GPU inside the loop
+        hits.append((log_probs.argmax(1) == y).sum())
         seen += len(y)
         if on_step:
             on_step()
-    return loss_sum.item() / seen, 100.0 * correct.item() / seen
+    return torch.stack(loss_sums).sum().item() / seen, 100.0 * torch.stack(hits).sum().item() / seen
 
 
 @torch.no_grad()
@@ -205,8 +204,8 @@ def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seed=1, device
         with tqdm(total=steps, desc=f"{config['name']:>8} epoch {epoch:2d}/{epochs}", file=sys.stdout,
                   disable=not progress, mininterval=1.0, ncols=110, ascii=" #") as bar:
             lr = optimizer.param_groups[0]["lr"]
-            train_loss, train_acc = train_epoch(model, optimizer, scheduler, train_x, train_y, batch_size,
-                                                l1, on_step=bar.update)
+            loader = batches(train_x, train_y, batch_size, shuffle=True, drop_last=True)
+            train_loss, train_acc = train_epoch(model, optimizer, scheduler, loader, l1, on_step=bar.update)
             test_loss, test_acc = evaluate(model, test_x, test_y)
             seconds = time.perf_counter() - start
             bar.set_postfix_str(f"train {train_loss:.4f} {train_acc:.2f}% | test {test_loss:.4f} "

@@ -129,7 +129,8 @@ def test_train_loss_is_the_sample_weighted_mean_over_the_epoch(tiny):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay put: the loss can be recomputed
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     torch.manual_seed(3)
-    loss, accuracy = utils.train_epoch(model, optimizer, scheduler, x, y, 32)
+    loader = utils.batches(x, y, 32, shuffle=True, drop_last=True)
+    loss, accuracy = utils.train_epoch(model, optimizer, scheduler, loader)
     torch.manual_seed(3)
     losses, hits = [], 0
     with torch.no_grad():

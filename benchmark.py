@@ -1,0 +1,88 @@
+"""Time the classic DataLoader training loop against this repo's on-device loop, in one process.
+
+Both train the same Net with the same optimizer, one-cycle schedule, batch size and augmentation strength
+(rotation up to 7 degrees, shift up to 2 pixels) and test after every epoch; only the data path differs:
+  classic: torchvision dataset -> PIL RandomAffine -> ToTensor/Normalize -> DataLoader(workers) -> device
+  on-device: the whole dataset on the device, augmented in batch with affine_grid/grid_sample there
+Usage: python benchmark.py [--epochs 2] [--norm bn] [--workers 2]
+"""
+import argparse
+import time
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+import utils
+from model import Net
+
+
+def classic_loaders(root, batch_size, workers, device):
+    """Train and test DataLoaders with PIL augmentation, as most course projects of this study build them."""
+    normalize = [transforms.ToTensor(), transforms.Normalize((utils.MNIST_MEAN,), (utils.MNIST_STD,))]
+    train_tf = transforms.Compose([transforms.RandomAffine(degrees=7, translate=(2 / 28, 2 / 28))] + normalize)
+    train = datasets.MNIST(root, train=True, download=True, transform=train_tf)
+    test = datasets.MNIST(root, train=False, download=True, transform=transforms.Compose(normalize))
+    options = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
+    return (DataLoader(train, batch_size, shuffle=True, drop_last=True, **options),
+            DataLoader(test, 1000, shuffle=False, **options))
+
+
+def run(path, data, args, device):
+    """Train one model along `path` ("classic" or "on-device"); returns (seconds per epoch list, test acc)."""
+    utils.set_seed(args.seed)
+    model = Net(args.norm).to(device)
+    optimizer = utils.make_optimizer(model, args.max_lr)
+    (train_x, train_y), (test_x, test_y) = data
+    if path == "classic":
+        train_loader, test_loader = classic_loaders(args.data, args.batch_size, args.workers, device)
+        steps = len(train_loader)
+    else:
+        steps = len(train_x) // args.batch_size
+    scheduler = utils.make_scheduler(optimizer, args.max_lr, args.epochs * steps)
+    seconds, accuracy = [], 0.0
+    for _ in range(args.epochs):
+        start = time.perf_counter()
+        if path == "classic":
+            to_device = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in train_loader)
+            utils.train_epoch(model, optimizer, scheduler, to_device, args.l1, augment_batch=None)
+            model.eval()
+            with torch.no_grad():
+                hits = sum((model(x.to(device)).argmax(1) == y.to(device)).sum().item() for x, y in test_loader)
+            accuracy = 100.0 * hits / len(test_loader.dataset)
+        else:
+            loader = utils.batches(train_x, train_y, args.batch_size, shuffle=True, drop_last=True)
+            utils.train_epoch(model, optimizer, scheduler, loader, args.l1)
+            accuracy = utils.evaluate(model, test_x, test_y)[1]  # .item() inside: waits for the device
+        seconds.append(time.perf_counter() - start)
+    return seconds, accuracy
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--norm", default="bn", choices=["bn", "ln", "gn"])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--max-lr", type=float, default=0.1)
+    parser.add_argument("--l1", type=float, default=0.0)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (classic loop)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data", default="data", help="MNIST root folder (MNIST/raw inside)")
+    args = parser.parse_args()
+
+    device = utils.get_device()
+    data = utils.load_mnist(args.data, device)
+    print(f"{utils.device_name(device)}, torch {torch.__version__}, Net({args.norm!r}), batch {args.batch_size}, "
+          f"{args.epochs} epochs each, test pass after every epoch\n")
+    results = {path: run(path, data, args, device) for path in ("classic", "on-device")}
+    print("| training loop | seconds per epoch (each epoch) | mean | test accuracy after last epoch |")
+    print("| --- | --- | --- | --- |")
+    for path, (seconds, accuracy) in results.items():
+        each = ", ".join(f"{s:.2f}" for s in seconds)
+        print(f"| {path} | {each} | {sum(seconds) / len(seconds):.2f} | {accuracy:.2f}% |")
+    mean = {path: sum(s) / len(s) for path, (s, _) in results.items()}
+    print(f"\non-device loop is {mean['classic'] / mean['on-device']:.1f}x faster per epoch than the classic loop")
+
+
+if __name__ == "__main__":
+    main()
