@@ -1,0 +1,32 @@
+"""The committed notebook renders on GitHub/nbviewer and holds a complete, error-free run."""
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = json.loads((ROOT / "experiments.ipynb").read_text())
+OUTPUTS = [o for c in NOTEBOOK["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+
+
+def test_notebook_has_no_widget_state_and_stays_small():
+    assert "widgets" not in NOTEBOOK["metadata"]
+    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in OUTPUTS)
+    assert (ROOT / "experiments.ipynb").stat().st_size < 3_000_000
+
+
+def test_committed_notebook_holds_an_executed_run_without_errors():
+    code_cells = [c for c in NOTEBOOK["cells"] if c["cell_type"] == "code"]
+    assert all(c["execution_count"] for c in code_cells)
+    assert not any(o["output_type"] == "error" for o in OUTPUTS)
+    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 6  # 3 graphs, 3 grids
+
+
+def test_outputs_are_text_and_png_only():
+    kinds = {k for o in OUTPUTS for k in o.get("data", {})}
+    assert kinds <= {"text/plain", "image/png", "text/markdown"}
+
+
+def test_readme_images_exist():
+    readme = (ROOT / "README.md").read_text()
+    for name in ("test_loss", "test_accuracy", "train_curves", "misclassified_bn_l1", "misclassified_ln",
+                 "misclassified_gn"):
+        assert f"images/{name}.png" in readme and (ROOT / "images" / f"{name}.png").stat().st_size > 10_000
