@@ -2,6 +2,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = json.loads((ROOT / "experiments.ipynb").read_text())
 OUTPUTS = [o for c in NOTEBOOK["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
@@ -30,3 +32,11 @@ def test_readme_images_exist():
     for name in ("test_loss", "test_accuracy", "train_curves", "misclassified_bn_l1", "misclassified_ln",
                  "misclassified_gn"):
         assert f"images/{name}.png" in readme and (ROOT / "images" / f"{name}.png").stat().st_size > 10_000
+
+
+def test_colab_cell_without_model_py_or_repo_url_says_what_to_do(tmp_path, monkeypatch):
+    setup = "".join(NOTEBOOK["cells"][1]["source"])
+    assert "REPO_URL" in setup
+    monkeypatch.chdir(tmp_path)  # an empty folder: no model.py beside the notebook
+    with pytest.raises(RuntimeError, match="model.py and utils.py are not beside this notebook. Set REPO_URL"):
+        exec(setup, {})

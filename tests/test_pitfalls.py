@@ -194,3 +194,17 @@ def test_misclassified_grid_shows_denormalized_pixels_with_predicted_and_actual(
         pixels = ax.get_images()[0].get_array()
         assert pixels.min() >= 0 and pixels.max() <= 1
     utils.plt.close(fig)
+
+
+def test_layernorm_and_groupnorm_are_what_the_docs_say():
+    """Pitfall: nn.LayerNorm((C,H,W), elementwise_affine=False) called LN; "groups of 4" vs "4 groups"."""
+    ln_layers = [m for m in Net("ln").modules() if isinstance(m, nn.GroupNorm)]
+    gn_layers = [m for m in Net("gn").modules() if isinstance(m, nn.GroupNorm)]
+    # LN: one group over all channels, with a learned scale and shift per channel (not per pixel)
+    assert all(m.num_groups == 1 and m.affine and m.weight.shape == (m.num_channels,) for m in ln_layers)
+    # GN: 4 groups in every layer, so 2 channels per group at width 8 and 4 channels per group at width 16
+    assert {(m.num_groups, m.num_channels // m.num_groups) for m in gn_layers} == {(4, 2), (4, 4)}
+    # and the groups really are contiguous blocks of channels normalized together
+    x = torch.randn(3, 16, 5, 5) * torch.arange(1.0, 17.0).view(1, 16, 1, 1)
+    y = gn_layers[-1](x).view(3, 4, 4, 5, 5)
+    assert torch.allclose(y.mean((2, 3, 4)), torch.zeros(3, 4), atol=1e-4)
