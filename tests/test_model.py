@@ -42,8 +42,8 @@ def test_batchnorm_normalizes_each_channel_over_batch_and_pixels():
     y = first_norm_output("bn", torch.randn(16, 1, 28, 28) * 3 + torch.arange(16.0).view(16, 1, 1, 1))
     assert torch.allclose(y.mean((0, 2, 3)), torch.zeros(8), atol=1e-4)
     assert torch.allclose(y.var((0, 2, 3), unbiased=False), torch.ones(8), atol=1e-3)
-    # but not per sample: single samples keep their own offsets
-    assert y.mean((1, 2, 3)).abs().max() > 0.05
+    # but not per sample: a single sample's channels keep their own offsets
+    assert y.mean((2, 3)).abs().max() > 0.5
 
 
 def test_layernorm_normalizes_each_sample_over_channels_and_pixels():
