@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -263,6 +264,7 @@ def plot_metric(histories, key, ylabel, title, path=None, ylim=None, ax=None):
     for h in histories:
         ax.plot(h["epoch"], h[key], marker="o", markersize=3, label=h["name"])
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ylim:
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
