@@ -5,7 +5,6 @@ never waiting for a CPU data pipeline.
 """
 import json
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,6 @@ def device_name(device):
 
 def set_seed(seed):
     """Seed every generator the study uses; with cuDNN's autotuner off, a run is repeatable on one device."""
-    random.seed(seed)
     torch.manual_seed(seed)  # CPU and all GPUs
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
