@@ -111,9 +111,9 @@ def l1_penalty(model):
 
 def make_optimizer(model, lr, l2=0.0, momentum=0.9):
     """SGD with Nesterov momentum; L2 acts as weight decay `l2` on the conv weights only."""
-    decayed = {id(w) for w in conv_weights(model)}
-    others = [p for p in model.parameters() if id(p) not in decayed]
-    groups = [{"params": conv_weights(model), "weight_decay": l2}, {"params": others, "weight_decay": 0.0}]
+    decayed = conv_weights(model)
+    others = [p for p in model.parameters() if all(p is not w for w in decayed)]
+    groups = [{"params": decayed, "weight_decay": l2}, {"params": others, "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
 
 
