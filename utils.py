@@ -5,6 +5,7 @@ never waiting for a CPU data pipeline.
 """
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from matplotlib.ticker import MaxNLocator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy import stats
 from torchvision import datasets
 from tqdm import tqdm
 
@@ -246,6 +248,211 @@ def results_table(histories):
                               "measured while the weights change.")
 
 
+
+# ---------------------------------------------------------------- seeds and statistics
+
+def by_name(histories):
+    """Histories grouped by configuration name, in first-seen order: {name: [history, ...]}."""
+    groups = {}
+    for h in histories:
+        groups.setdefault(h["name"], []).append(h)
+    return groups
+
+
+def summarize(values):
+    """n, mean, sample standard deviation and the half-width of the 95% Student-t interval of the mean.
+
+    With a single value the spread is unknown: std and ci95 are NaN, never a misleading 0.
+    """
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("summarize needs at least one value")
+    n, mean = len(values), statistics.fmean(values)
+    if n == 1:
+        return {"n": 1, "mean": mean, "std": math.nan, "ci95": math.nan}
+    std = statistics.stdev(values)
+    return {"n": n, "mean": mean, "std": std, "ci95": float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)}
+
+
+def welch_test(a, b):
+    """Welch's t-test of mean(a) - mean(b), not assuming equal variances: (difference, t, df, two-sided p).
+
+    NaN statistics when either side has fewer than two values or both have zero spread.
+    """
+    sa, sb = summarize(a), summarize(b)
+    difference = sa["mean"] - sb["mean"]
+    va, vb = sa["std"] ** 2 / sa["n"], sb["std"] ** 2 / sb["n"]
+    if math.isnan(va + vb) or va + vb == 0:
+        return difference, math.nan, math.nan, math.nan
+    t = difference / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (sa["n"] - 1) + vb ** 2 / (sb["n"] - 1))
+    return difference, t, df, 2 * float(stats.t.sf(abs(t), df))
+
+
+def final_and_best(history, key="test_acc"):
+    """The last epoch's value and the best epoch's value of `key` (best picked after the fact, so optimistic)."""
+    return history[key][-1], max(history[key])
+
+
+def _mean_std_ci(values, unit="%", digits=2):
+    s = summarize(values)
+    if s["n"] == 1:
+        return f"{s['mean']:.{digits}f}{unit} (1 seed: no spread)"
+    return (f"{s['mean']:.{digits}f} +- {s['std']:.{digits}f}{unit} "
+            f"[{s['mean'] - s['ci95']:.{digits}f}, {s['mean'] + s['ci95']:.{digits}f}]")
+
+
+def seed_table(histories):
+    """Markdown: per configuration, the number of seeds and mean +- sd [95% interval] of final and best test accuracy."""
+    rows = ["| configuration | seeds | final test acc: mean +- sd [95% CI] | best test acc: mean +- sd [95% CI] "
+            "| final test loss (mean) | time per run (mean) |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, runs in by_name(histories).items():
+        finals, bests = zip(*(final_and_best(h) for h in runs))
+        rows.append(f"| {name} | {len(runs)} | {_mean_std_ci(finals)} | {_mean_std_ci(bests)} "
+                    f"| {summarize([h['test_loss'][-1] for h in runs])['mean']:.4f} "
+                    f"| {summarize([sum(h['seconds']) for h in runs])['mean']:.0f} s |")
+    return "\n".join(rows)
+
+
+def comparison_table(histories, alpha=0.05):
+    """Markdown: every pair of configurations, final test accuracy compared with Welch's t-test.
+
+    A difference is called real only when p < alpha / (number of pairs) (Bonferroni), otherwise it is
+    within the seed-to-seed noise.
+    """
+    groups = {name: [h["test_acc"][-1] for h in runs] for name, runs in by_name(histories).items()}
+    names = list(groups)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    threshold = alpha / max(1, len(pairs))
+    rows = [f"| comparison (final test acc) | difference | Welch t | df | p | verdict (real if p < {threshold:.3g}) |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for a, b in pairs:
+        difference, t, df, p = welch_test(groups[a], groups[b])
+        if math.isnan(p):
+            verdict = "untestable: needs 2+ seeds with some spread on each side"
+        else:
+            verdict = f"**real**: {a if difference > 0 else b} higher" if p < threshold else "within seed noise"
+        rows.append(f"| {a} vs {b} | {difference:+.3f} points | {t:.2f} | {df:.1f} | {p:.3g} | {verdict} |")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- batch-size sweep
+
+def batch_size_sweep(configs, data, batch_sizes, epochs, seeds, base_lr=0.1, base_batch_size=128, device="cpu"):
+    """Train every config at every batch size and seed; returns the list of histories.
+
+    Every run sees the same number of samples (`epochs` passes over `data`); the peak learning rate scales
+    linearly with the batch size: base_lr * batch_size / base_batch_size.
+    """
+    histories = []
+    for config in configs:
+        for batch_size in batch_sizes:
+            for seed in seeds:
+                _, h = train_model(config, data, epochs, batch_size, base_lr * batch_size / base_batch_size,
+                                   seed, device, progress=False)
+                histories.append(h)
+                print(f"{config['name']:>4} batch {batch_size:4d} seed {seed}: final test acc {h['test_acc'][-1]:.2f}%"
+                      f" ({sum(h['seconds']):.0f} s)", flush=True)
+    return histories
+
+
+def sweep_table(histories):
+    """Markdown: final test accuracy mean +- sd over seeds, one row per batch size, one column per configuration."""
+    names = list(by_name(histories))
+    sizes = sorted({h["batch_size"] for h in histories})
+    rows = ["| batch size | peak lr | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 2)]
+    for size in sizes:
+        cells = []
+        for name in names:
+            finals = [h["test_acc"][-1] for h in histories if h["name"] == name and h["batch_size"] == size]
+            s = summarize(finals)
+            cells.append(f"{s['mean']:.2f}%" + ("" if s["n"] == 1 else f" +- {s['std']:.2f}"))
+        lr = next(h["max_lr"] for h in histories if h["batch_size"] == size)
+        rows.append(f"| {size} | {lr:.4g} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def plot_batch_size_sweep(histories, path=None):
+    """Final test error against batch size (log-log), one line per configuration: mean over seeds, bars +-1 sd."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, runs in by_name(histories).items():
+        sizes = sorted({h["batch_size"] for h in runs})
+        errors = [summarize([100 - h["test_acc"][-1] for h in runs if h["batch_size"] == b]) for b in sizes]
+        ax.errorbar(sizes, [e["mean"] for e in errors], yerr=[0 if e["n"] == 1 else e["std"] for e in errors],
+                    marker="o", markersize=4, capsize=3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set(xlabel="batch size (peak learning rate scaled linearly)", ylabel="final test error (%)",
+           title="Batch-size sensitivity (same number of samples seen)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _finish(fig, path)
+
+
+# ---------------------------------------------------------------- what the regularizers did
+
+def near_zero_fraction(model, relative=0.01):
+    """Fraction of conv weights whose |w| is below `relative` times the largest |w| of their layer.
+
+    Relative, not absolute: a conv followed by a normalization layer computes the same function at any weight
+    scale, so only the size of a weight compared with its layer's weights says whether it matters.
+    """
+    small = sum((w.abs() < relative * w.abs().max()).sum().item() for w in conv_weights(model))
+    return small / sum(w.numel() for w in conv_weights(model))
+
+
+def regularizer_report(models, data):
+    """For each {name: [model, ...]} (one per seed), the near-zero fraction of conv weights and the generalization
+    gap of the final models: loss and accuracy on the clean (unaugmented) training set vs the test set.
+
+    Returns {name: {"near_zero": [...], "train_acc": [...], "test_acc": [...], "train_loss": [...], "test_loss": [...]}}.
+    """
+    (train_x, train_y), (test_x, test_y) = data
+    report = {}
+    for name, runs in models.items():
+        rows = report[name] = {"near_zero": [], "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
+        for model in runs:
+            train_loss, train_acc = evaluate(model, train_x, train_y)
+            test_loss, test_acc = evaluate(model, test_x, test_y)
+            for key, value in zip(rows, (near_zero_fraction(model), train_loss, train_acc, test_loss, test_acc)):
+                rows[key].append(value)
+    return report
+
+
+def regularizer_table(report):
+    """Markdown view of regularizer_report: mean +- sd over seeds of each figure and of the train-test gaps."""
+    rows = ["| configuration | seeds | near-zero conv weights | clean train acc | test acc | accuracy gap (train - test) "
+            "| loss gap (test - train) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+
+    def cell(values, unit, digits):
+        s = summarize(values)
+        return f"{s['mean']:.{digits}f}{unit}" + ("" if s["n"] == 1 else f" +- {s['std']:.{digits}f}")
+
+    for name, r in report.items():
+        acc_gap = [a - b for a, b in zip(r["train_acc"], r["test_acc"])]
+        loss_gap = [b - a for a, b in zip(r["train_loss"], r["test_loss"])]
+        rows.append(f"| {name} | {len(r['test_acc'])} | {cell([100 * f for f in r['near_zero']], '%', 1)} "
+                    f"| {cell(r['train_acc'], '%', 2)} | {cell(r['test_acc'], '%', 2)} | {cell(acc_gap, ' pts', 2)} "
+                    f"| {cell(loss_gap, '', 4)} |")
+    return "\n".join(rows)
+
+
+def plot_weight_histograms(models, path=None):
+    """Distribution of |w| over all conv weights (pooled over seeds), log-spaced bins, one outline per configuration."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    bins = torch.logspace(-6, 0.5, 60).numpy()
+    for name, runs in models.items():
+        weights = torch.cat([w.detach().abs().flatten().cpu() for m in runs for w in conv_weights(m)])
+        ax.hist(weights.clamp(min=bins[0]).numpy(), bins=bins, histtype="step", linewidth=1.6,
+                density=False, weights=torch.full_like(weights, 100 / len(weights)).numpy(), label=name)
+    ax.set_xscale("log")
+    ax.set(xlabel="|w| of conv weights (values below 1e-6 in the first bin)", ylabel="% of conv weights",
+           title="Weight magnitudes")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _finish(fig, path)
+
+
 # ---------------------------------------------------------------- plots
 
 def _finish(fig, path):
@@ -257,10 +464,18 @@ def _finish(fig, path):
 
 
 def plot_metric(histories, key, ylabel, title, path=None, ylim=None, ax=None):
-    """One line per configuration of `key` ("test_loss", "test_acc", ...) against the epoch; saves a PNG."""
+    """`key` ("test_loss", "test_acc", ...) against the epoch: one line per configuration name, the mean over its
+    seeds, with a band of +-1 standard deviation when there are two seeds or more; saves a PNG."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4.2))
-    for h in histories:
-        ax.plot(h["epoch"], h[key], marker="o", markersize=3, label=h["name"])
+    for name, runs in by_name(histories).items():
+        epochs = runs[0]["epoch"]
+        per_epoch = [summarize([h[key][i] for h in runs]) for i in range(len(epochs))]
+        mean = [s["mean"] for s in per_epoch]
+        label = name if len(runs) == 1 else f"{name} (mean of {len(runs)} seeds, band +-1 sd)"
+        line, = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+        if len(runs) > 1:
+            ax.fill_between(epochs, [s["mean"] - s["std"] for s in per_epoch],
+                            [s["mean"] + s["std"] for s in per_epoch], color=line.get_color(), alpha=0.2)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ylim:

@@ -19,7 +19,7 @@ def test_committed_notebook_holds_an_executed_run_without_errors():
     code_cells = [c for c in NOTEBOOK["cells"] if c["cell_type"] == "code"]
     assert all(c["execution_count"] for c in code_cells)
     assert not any(o["output_type"] == "error" for o in OUTPUTS)
-    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 6  # 3 graphs, 3 grids
+    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 8  # 3 graphs, 3 grids, batch-size sweep, weight histograms
 
 
 def test_outputs_are_text_and_png_only():
@@ -30,7 +30,7 @@ def test_outputs_are_text_and_png_only():
 def test_readme_images_exist():
     readme = (ROOT / "README.md").read_text()
     for name in ("test_loss", "test_accuracy", "train_curves", "misclassified_bn_l1", "misclassified_ln",
-                 "misclassified_gn"):
+                 "misclassified_gn", "batch_size_sweep", "weight_histograms"):
         assert f"images/{name}.png" in readme and (ROOT / "images" / f"{name}.png").stat().st_size > 10_000
 
 

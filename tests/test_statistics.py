@@ -1,0 +1,147 @@
+"""Seeds, statistics, the batch-size sweep and the regularizer analysis (issue 4)."""
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+import utils
+from model import Net
+from test_utils import fake_history
+
+
+def test_summarize_matches_hand_computed_mean_std_and_t_interval():
+    s = utils.summarize([1, 2, 3, 4, 5])
+    assert s["n"] == 5 and s["mean"] == 3.0
+    assert s["std"] == pytest.approx(math.sqrt(10 / 4))  # sum of squared deviations 10, n - 1 = 4
+    assert s["ci95"] == pytest.approx(2.7764 * math.sqrt(2.5) / math.sqrt(5), abs=1e-4)  # t(0.975, 4) = 2.7764
+    two = utils.summarize([99.5, 99.7])
+    assert two["mean"] == pytest.approx(99.6) and two["std"] == pytest.approx(math.sqrt(0.02))
+    assert two["ci95"] == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2), abs=1e-3)  # t(0.975, 1) = 12.706
+
+
+def test_summarize_of_one_seed_has_no_spread_and_of_none_is_an_error():
+    s = utils.summarize([99.4])
+    assert s["mean"] == 99.4 and math.isnan(s["std"]) and math.isnan(s["ci95"])
+    with pytest.raises(ValueError, match="at least one value"):
+        utils.summarize([])
+
+
+def test_welch_test_matches_hand_computation_and_scipy():
+    a, b = [1, 2, 3, 4, 5], [2, 4, 6]  # means 3 and 4, variances 2.5 and 4
+    difference, t, df, p = utils.welch_test(a, b)
+    se2 = 2.5 / 5 + 4 / 3
+    assert difference == -1.0
+    assert t == pytest.approx(-1 / math.sqrt(se2))
+    assert df == pytest.approx(se2 ** 2 / ((2.5 / 5) ** 2 / 4 + (4 / 3) ** 2 / 2))  # Welch-Satterthwaite, ~3.53
+    reference = stats.ttest_ind(a, b, equal_var=False)
+    assert (t, p) == pytest.approx((reference.statistic, reference.pvalue))
+    assert all(math.isnan(v) for v in utils.welch_test([99.5], [99.4, 99.6])[1:])
+    assert all(math.isnan(v) for v in utils.welch_test([99.5, 99.5], [99.4, 99.4])[1:])
+
+
+def histories_of(name, finals):
+    return [dict(fake_history(name, [98.0, final]), seed=seed) for seed, final in enumerate(finals, 1)]
+
+
+def test_comparison_table_calls_a_difference_real_only_beyond_the_seed_noise():
+    clear = histories_of("A", [99.50, 99.52, 99.54]) + histories_of("B", [99.30, 99.31, 99.33])
+    noisy = histories_of("A", [99.50, 99.40, 99.60]) + histories_of("B", [99.45, 99.55, 99.48])
+    one_seed = histories_of("A", [99.6]) + histories_of("B", [99.4])
+    assert "**real**: A higher" in utils.comparison_table(clear)
+    assert "within seed noise" in utils.comparison_table(noisy)
+    assert "untestable" in utils.comparison_table(one_seed)
+
+
+def test_comparison_table_uses_bonferroni_over_all_pairs():
+    # p is about 0.03 here: real for one pair (threshold 0.05), noise among three configs (threshold 0.05 / 3)
+    a, b = [99.50, 99.55, 99.60, 99.52], [99.45, 99.48, 99.50, 99.44]
+    p = utils.welch_test(a, b)[3]
+    assert 0.05 / 3 < p < 0.05
+    assert "**real**" in utils.comparison_table(histories_of("A", a) + histories_of("B", b))
+    three = histories_of("A", a) + histories_of("B", b) + histories_of("C", [99.0, 99.1, 99.05, 99.02])
+    table = utils.comparison_table(three)
+    assert "real if p < 0.0167" in table
+    assert "| A vs B |" in table and "within seed noise" in table.splitlines()[2]
+
+
+def test_seed_table_shows_mean_sd_and_interval_of_final_and_best():
+    table = utils.seed_table(histories_of("LN", [99.5, 99.7]))
+    row = table.splitlines()[2]
+    assert row.startswith("| LN | 2 | 99.60 +- 0.14% [98.33, 100.87] |")  # 99.6 -+ 12.706 * 0.1414 / sqrt(2)
+    assert "1 seed: no spread" in utils.seed_table(histories_of("GN", [99.5]))
+
+
+def test_metric_plot_draws_the_seed_mean_and_a_one_sd_band():
+    runs = histories_of("BN", [99.0, 99.4])  # epoch 1: 98.0 both; epoch 2: 99.0 and 99.4
+    fig = utils.plot_metric(runs + histories_of("GN", [99.3]), "test_acc", "accuracy (%)", "Test accuracy")
+    ax = fig.axes[0]
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([98.0, 99.2])
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    sd = math.sqrt(0.08)  # values 99.0 and 99.4 around 99.2
+    assert band.max() == pytest.approx(99.2 + sd) and band.min() == pytest.approx(98.0)
+    assert len(ax.collections) == 1  # the single-seed configuration gets a line, no band
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN (mean of 2 seeds, band +-1 sd)", "GN"]
+    utils.plt.close(fig)
+
+
+def test_batch_size_sweep_scales_the_learning_rate_and_plots_on_a_tiny_subset(tiny, tmp_path):
+    configs = [{"name": "BN", "model": {"norm": "bn"}}, {"name": "GN", "model": {"norm": "gn"}}]
+    sweep = utils.batch_size_sweep(configs, tiny, [2, 64], epochs=1, seeds=[1, 2], base_lr=0.1, base_batch_size=128)
+    assert [(h["name"], h["batch_size"], h["seed"]) for h in sweep] == [
+        (n, b, s) for n in ("BN", "GN") for b in (2, 64) for s in (1, 2)]
+    assert {h["batch_size"]: h["max_lr"] for h in sweep} == {2: pytest.approx(0.1 * 2 / 128), 64: 0.05}
+    assert all(0 <= h["test_acc"][-1] <= 100 and len(h["epoch"]) == 1 for h in sweep)
+    table = utils.sweep_table(sweep)
+    assert table.splitlines()[0] == "| batch size | peak lr | BN | GN |" and len(table.splitlines()) == 4
+    fig = utils.plot_batch_size_sweep(sweep, tmp_path / "sweep.png")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "final test error (%)"
+    bn_errors = [100 - h["test_acc"][-1] for h in sweep if h["name"] == "BN"]
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([sum(bn_errors[:2]) / 2, sum(bn_errors[2:]) / 2])
+    assert (tmp_path / "sweep.png").stat().st_size > 5_000
+    utils.plt.close(fig)
+
+
+def test_near_zero_fraction_counts_small_weights_relative_to_their_layer():
+    model = Net("bn")
+    weights = utils.conv_weights(model)
+    total = sum(w.numel() for w in weights)
+    with torch.no_grad():
+        for w in weights:
+            w.fill_(1.0)
+        weights[0].view(-1)[:10] = 0.001   # below 1% of its layer's largest weight
+        weights[1].view(-1)[:5] = 0.02     # above it
+        weights[2].mul_(1000)              # scale does not matter
+        weights[2].view(-1)[:3] = 5.0      # 0.5% of 1000: near zero
+    assert utils.near_zero_fraction(model) == pytest.approx(13 / total)
+    assert utils.near_zero_fraction(model, relative=0.05) == pytest.approx(18 / total)
+
+
+def test_regularizer_report_measures_clean_train_and_test_of_each_model(tiny):
+    models = {"BN": [Net("bn").eval()], "GN": [Net("gn").eval(), Net("gn").eval()]}
+    report = utils.regularizer_report(models, tiny)
+    (train_x, train_y), (test_x, test_y) = tiny
+    assert len(report["GN"]["test_acc"]) == 2
+    second = models["GN"][1]
+    assert report["GN"]["train_acc"][1] == utils.evaluate(second, train_x, train_y)[1]
+    assert report["GN"]["test_loss"][1] == utils.evaluate(second, test_x, test_y)[0]
+    assert report["BN"]["near_zero"] == [utils.near_zero_fraction(models["BN"][0])]
+
+
+def test_regularizer_table_reports_gaps_as_train_minus_test_accuracy_and_test_minus_train_loss():
+    report = {"BN + L1": {"near_zero": [0.10, 0.20], "train_acc": [99.8, 99.9], "test_acc": [99.5, 99.4],
+                          "train_loss": [0.010, 0.012], "test_loss": [0.020, 0.018]}}
+    row = utils.regularizer_table(report).splitlines()[2]
+    # near-zero 15.0 +- 7.1 %; accuracy gaps 0.3 and 0.5 -> 0.40 +- 0.14; loss gaps 0.010 and 0.006 -> 0.0080 +- 0.0028
+    assert row == ("| BN + L1 | 2 | 15.0% +- 7.1 | 99.85% +- 0.07 | 99.45% +- 0.07 | 0.40 pts +- 0.14 "
+                   "| 0.0080 +- 0.0028 |")
+
+
+def test_weight_histogram_plot_has_one_outline_per_configuration(tmp_path):
+    models = {"BN": [Net("bn"), Net("bn")], "BN + L1": [Net("bn")]}
+    fig = utils.plot_weight_histograms(models, tmp_path / "weights.png")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN", "BN + L1"]
+    assert ax.get_xscale() == "log" and (tmp_path / "weights.png").stat().st_size > 5_000
+    utils.plt.close(fig)
