@@ -294,6 +294,11 @@ def final_and_best(history, key="test_acc"):
     return history[key][-1], max(history[key])
 
 
+def _mean_sd(values, unit="%", digits=2):
+    s = summarize(values)
+    return f"{s['mean']:.{digits}f}{unit}" + ("" if s["n"] == 1 else f" +- {s['std']:.{digits}f}")
+
+
 def _mean_std_ci(values, unit="%", digits=2):
     s = summarize(values)
     if s["n"] == 1:
@@ -303,7 +308,8 @@ def _mean_std_ci(values, unit="%", digits=2):
 
 
 def seed_table(histories):
-    """Markdown: per configuration, the number of seeds and mean +- sd [95% interval] of final and best test accuracy."""
+    """Markdown: per configuration, the number of seeds and mean +- sd [95% interval] of final and best test
+    accuracy."""
     rows = ["| configuration | seeds | final test acc: mean +- sd [95% CI] | best test acc: mean +- sd [95% CI] "
             "| final test loss (mean) | time per run (mean) |", "| --- | --- | --- | --- | --- | --- |"]
     for name, runs in by_name(histories).items():
@@ -364,9 +370,8 @@ def sweep_table(histories):
     for size in sizes:
         cells = []
         for name in names:
-            finals = [h["test_acc"][-1] for h in histories if h["name"] == name and h["batch_size"] == size]
-            s = summarize(finals)
-            cells.append(f"{s['mean']:.2f}%" + ("" if s["n"] == 1 else f" +- {s['std']:.2f}"))
+            cells.append(_mean_sd([h["test_acc"][-1] for h in histories
+                                   if h["name"] == name and h["batch_size"] == size]))
         lr = next(h["max_lr"] for h in histories if h["batch_size"] == size)
         rows.append(f"| {size} | {lr:.4g} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -405,7 +410,8 @@ def regularizer_report(models, data):
     """For each {name: [model, ...]} (one per seed), the near-zero fraction of conv weights and the generalization
     gap of the final models: loss and accuracy on the clean (unaugmented) training set vs the test set.
 
-    Returns {name: {"near_zero": [...], "train_acc": [...], "test_acc": [...], "train_loss": [...], "test_loss": [...]}}.
+    Returns {name: {"near_zero": [...], "train_loss": [...], "train_acc": [...], "test_loss": [...],
+    "test_acc": [...]}}, one entry per model.
     """
     (train_x, train_y), (test_x, test_y) = data
     report = {}
@@ -421,19 +427,14 @@ def regularizer_report(models, data):
 
 def regularizer_table(report):
     """Markdown view of regularizer_report: mean +- sd over seeds of each figure and of the train-test gaps."""
-    rows = ["| configuration | seeds | near-zero conv weights | clean train acc | test acc | accuracy gap (train - test) "
-            "| loss gap (test - train) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-
-    def cell(values, unit, digits):
-        s = summarize(values)
-        return f"{s['mean']:.{digits}f}{unit}" + ("" if s["n"] == 1 else f" +- {s['std']:.{digits}f}")
-
+    rows = ["| configuration | seeds | near-zero conv weights | clean train acc | test acc "
+            "| accuracy gap (train - test) | loss gap (test - train) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in report.items():
         acc_gap = [a - b for a, b in zip(r["train_acc"], r["test_acc"])]
         loss_gap = [b - a for a, b in zip(r["train_loss"], r["test_loss"])]
-        rows.append(f"| {name} | {len(r['test_acc'])} | {cell([100 * f for f in r['near_zero']], '%', 1)} "
-                    f"| {cell(r['train_acc'], '%', 2)} | {cell(r['test_acc'], '%', 2)} | {cell(acc_gap, ' pts', 2)} "
-                    f"| {cell(loss_gap, '', 4)} |")
+        rows.append(f"| {name} | {len(r['test_acc'])} | {_mean_sd([100 * f for f in r['near_zero']], '%', 1)} "
+                    f"| {_mean_sd(r['train_acc'])} | {_mean_sd(r['test_acc'])} | {_mean_sd(acc_gap, ' pts')} "
+                    f"| {_mean_sd(loss_gap, '', 4)} |")
     return "\n".join(rows)
 
 
