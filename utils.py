@@ -248,7 +248,6 @@ def results_table(histories):
                               "measured while the weights change.")
 
 
-
 # ---------------------------------------------------------------- seeds and statistics
 
 def by_name(histories):
@@ -368,10 +367,8 @@ def sweep_table(histories):
     sizes = sorted({h["batch_size"] for h in histories})
     rows = ["| batch size | peak lr | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 2)]
     for size in sizes:
-        cells = []
-        for name in names:
-            cells.append(_mean_sd([h["test_acc"][-1] for h in histories
-                                   if h["name"] == name and h["batch_size"] == size]))
+        cells = [_mean_sd([h["test_acc"][-1] for h in histories if h["name"] == name and h["batch_size"] == size])
+                 for name in names]
         lr = next(h["max_lr"] for h in histories if h["batch_size"] == size)
         rows.append(f"| {size} | {lr:.4g} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -445,7 +442,7 @@ def plot_weight_histograms(models, path=None):
     for name, runs in models.items():
         weights = torch.cat([w.detach().abs().flatten().cpu() for m in runs for w in conv_weights(m)])
         ax.hist(weights.clamp(min=bins[0]).numpy(), bins=bins, histtype="step", linewidth=1.6,
-                density=False, weights=torch.full_like(weights, 100 / len(weights)).numpy(), label=name)
+                weights=torch.full_like(weights, 100 / len(weights)).numpy(), label=name)
     ax.set_xscale("log")
     ax.set(xlabel="|w| of conv weights (values below 1e-6 in the first bin)", ylabel="% of conv weights",
            title="Weight magnitudes")

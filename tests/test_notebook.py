@@ -19,7 +19,7 @@ def test_committed_notebook_holds_an_executed_run_without_errors():
     code_cells = [c for c in NOTEBOOK["cells"] if c["cell_type"] == "code"]
     assert all(c["execution_count"] for c in code_cells)
     assert not any(o["output_type"] == "error" for o in OUTPUTS)
-    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 8  # 3 graphs, 3 grids, batch-size sweep, weight histograms
+    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 8  # 3 graphs, 3 grids, sweep, weights
 
 
 def test_outputs_are_text_and_png_only():
