@@ -3,12 +3,21 @@
 The whole dataset lives on the training device as tensors and is augmented there in batch, so the GPU is
 never waiting for a CPU data pipeline.
 """
+import ast
+import functools
+import hashlib
+import inspect
+import io
 import json
 import math
+import os
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
+
+import joblib
 
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
@@ -127,32 +136,38 @@ def make_scheduler(optimizer, max_lr, total_steps):
 
 # ---------------------------------------------------------------- train and test
 
-def train_epoch(model, optimizer, scheduler, loader, l1=0.0, augment_batch=augment, on_step=None):
+def train_epoch(model, optimizer, scheduler, loader, l1=0.0, augment_batch=augment, on_step=None,
+                micro_batch_size=None):
     """One training pass over `loader`, an iterable of (images, labels) batches, each augmented by `augment_batch`.
 
-    Returns (mean loss, accuracy %) over the epoch. Both are running figures: sample-weighted means over the
-    epoch's batches while the weights change, of the cross-entropy alone (without the L1 term). The
-    scheduler steps once per batch. `on_step()` is called after each step (progress bars).
+    Each batch is one optimizer step. With `micro_batch_size`, the model sees the batch in chunks of that many
+    samples and their gradients are summed before the step (gradient accumulation): the step equals the whole
+    batch's for LN and GN, while BN normalizes with each chunk's own statistics. Returns (mean loss, accuracy %)
+    over the epoch: running, sample-weighted figures while the weights change, of the cross-entropy alone
+    (without the L1 term). The scheduler steps once per batch. `on_step()` is called after each step.
     """
     model.train()
     loss_sums, hits, seen = [], [], 0
     for x, y in loader:
-        log_probs = model(augment_batch(x) if augment_batch else x)
-        loss = F.nll_loss(log_probs, y)
-        objective = loss + l1 * l1_penalty(model) if l1 else loss
+        x = augment_batch(x) if augment_batch else x
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        for x_part, y_part in zip(x.split(micro_batch_size or len(y)), y.split(micro_batch_size or len(y))):
+            log_probs = model(x_part)
+            loss_sum = F.nll_loss(log_probs, y_part, reduction="sum")
+            (loss_sum / len(y)).backward()
+            loss_sums.append(loss_sum.detach())  # tensors: no waiting for the GPU inside the loop
+            hits.append((log_probs.argmax(1) == y_part).sum())
+        if l1:
+            (l1 * l1_penalty(model)).backward()
         optimizer.step()
         scheduler.step()
-        loss_sums.append(loss.detach() * len(y))  # tensors: no waiting for the GPU inside the loop
-        hits.append((log_probs.argmax(1) == y).sum())
         seen += len(y)
         if on_step:
             on_step()
     return torch.stack(loss_sums).sum().item() / seen, 100.0 * torch.stack(hits).sum().item() / seen
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model, images, batch_size=1000):
     """Log-probabilities for `images` from the model in eval mode, in the order given."""
     model.eval()
@@ -182,11 +197,13 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seed=1, device="cpu", progress=True):
+def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seed=1, device="cpu", progress=True,
+                micro_batch_size=None):
     """Build `Net(**config["model"])`, train it for `epochs` and test after each; returns (model, history).
 
     `config` is {"name": ..., "model": Net kwargs, "l1": lambda, "l2": lambda}. The history holds plain
-    numbers per epoch (JSON-ready) plus the config, seed and parameter count.
+    numbers per epoch (JSON-ready) plus the config, seed and parameter count. `micro_batch_size` (see
+    train_epoch) splits each batch of `batch_size` for the forward passes only.
     """
     (train_x, train_y), (test_x, test_y) = data
     set_seed(seed)
@@ -196,9 +213,11 @@ def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seed=1, device
     steps = len(train_x) // batch_size
     if steps == 0:
         raise ValueError(f"batch_size {batch_size} is larger than the {len(train_x)} training images")
+    if micro_batch_size is not None and not 1 <= micro_batch_size <= batch_size:
+        raise ValueError(f"micro_batch_size must be between 1 and batch_size {batch_size}, got {micro_batch_size}")
     scheduler = make_scheduler(optimizer, max_lr, epochs * steps)
     history = {"name": config["name"], "config": config, "seed": seed, "batch_size": batch_size,
-               "max_lr": max_lr, "params": count_parameters(model), "epoch": [], "lr": [], "seconds": [],
+               "micro_batch_size": micro_batch_size or batch_size, "max_lr": max_lr, "params": count_parameters(model), "epoch": [], "lr": [], "seconds": [],
                "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -206,7 +225,8 @@ def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seed=1, device
                   disable=not progress, mininterval=1.0, ncols=110, ascii=" #") as bar:
             lr = optimizer.param_groups[0]["lr"]
             loader = batches(train_x, train_y, batch_size, shuffle=True, drop_last=True)
-            train_loss, train_acc = train_epoch(model, optimizer, scheduler, loader, l1, on_step=bar.update)
+            train_loss, train_acc = train_epoch(model, optimizer, scheduler, loader, l1, on_step=bar.update,
+                                                micro_batch_size=micro_batch_size)
             test_loss, test_acc = evaluate(model, test_x, test_y)
             seconds = time.perf_counter() - start
             bar.set_postfix_str(f"train {train_loss:.4f} {train_acc:.2f}% | test {test_loss:.4f} "
@@ -215,6 +235,174 @@ def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seed=1, device
                               (epoch, lr, seconds, train_loss, train_acc, test_loss, test_acc)):
             history[key].append(value)
     return model, history
+
+
+# ---------------------------------------------------------------- run store and parallel runs
+
+def run_spec(config, seed, epochs, batch_size=128, max_lr=0.1, device="cpu", train_size=60_000,
+             micro_batch_size=None):
+    """Everything that sets a training run's result, as a JSON-ready dict: the run store's key and a worker's job.
+
+    `config` is {"name", "model", "l1", "l2"} as for train_model; the run trains on the first `train_size`
+    training images. Only the device type counts (cpu / cuda), not which GPU or how many threads.
+    """
+    return {"name": config["name"], "model": dict(config.get("model", {})), "l1": float(config.get("l1", 0.0)),
+            "l2": float(config.get("l2", 0.0)), "seed": seed, "epochs": epochs, "batch_size": batch_size,
+            "micro_batch_size": micro_batch_size or batch_size, "max_lr": float(max_lr), "train_size": train_size,
+            "device": torch.device(device).type}
+
+
+def _without_docstrings(source):
+    """The AST of `source` as text, docstrings and comments left out: the code's meaning, not its wording."""
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def training_code_version():
+    """A hash of the code that decides a run's numbers: model.py, the training and test functions, the data constants.
+
+    Part of every run's key, so a stored run is never reused after that code changes; editing a docstring,
+    a comment, a plot or a table leaves it alone.
+    """
+    import model as model_module
+    sources = [inspect.getsource(model_module)] + [inspect.getsource(f) for f in TRAINING_CODE]
+    text = "\n".join(map(_without_docstrings, sources)) + repr((MNIST_MEAN, MNIST_STD))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_key(spec):
+    """The store key of a run: a hash of its spec (without the display name) and of the training code."""
+    identity = {k: v for k, v in spec.items() if k != "name"}
+    identity["code"] = training_code_version()
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _write_atomically(path, data):
+    """Write bytes to `path` through a temporary file and a rename: readers see the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_run(store, spec, model, history, trained_on):
+    """Store a finished run: `<key>.pt` (the state_dict), then `<key>.json` (spec, history, when, where, weights hash).
+
+    The JSON is written last, so an entry without it, or with a different weights hash, is incomplete.
+    """
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    key = run_key(spec)
+    buffer = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
+    weights = buffer.getvalue()
+    _write_atomically(store / f"{key}.pt", weights)
+    entry = {"key": key, "spec": spec, "code_version": training_code_version(),
+             "trained_on": trained_on, "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "seconds": sum(history["seconds"]), "torch": torch.__version__,
+             "weights_sha256": hashlib.sha256(weights).hexdigest(), "history": history}
+    _write_atomically(store / f"{key}.json", json.dumps(entry, indent=1).encode())
+    return key
+
+
+def load_run(store, spec, device="cpu"):
+    """The stored (model, entry) of `spec`, or None when there is none; a damaged entry is reported, never used."""
+    key = run_key(spec)
+    path = Path(store) / f"{key}.json"
+    if not path.exists():
+        return None
+    try:
+        entry = json.loads(path.read_text())
+        weights = (Path(store) / f"{key}.pt").read_bytes()
+        if entry["key"] != key or hashlib.sha256(weights).hexdigest() != entry["weights_sha256"]:
+            raise ValueError("its weights file does not match the hash recorded in its JSON")
+        model = Net(**spec["model"])
+        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+        entry["history"]["name"] = spec["name"]
+    except Exception as error:  # truncated or garbled JSON, a missing or damaged .pt, a wrong layout
+        print(f"run store: entry {path} is unreadable ({type(error).__name__}: {error}); training it again",
+              flush=True)
+        return None
+    return model.to(device), entry
+
+
+@functools.cache
+def cached_mnist(root, device):
+    """load_mnist, once per process: the notebook and each worker hold one copy of the data."""
+    return load_mnist(root, device)
+
+
+def train_and_store(spec, store, data_dir="data", threads=None):
+    """Train the run `spec` on the first spec["train_size"] training images and store it; returns its store key.
+
+    This is one job of a parallel worker, and the same call in the notebook's own process; `threads` sets
+    torch's thread count there (the thread count changes the last digits of the results).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(spec["device"])
+    (train_x, train_y), test = cached_mnist(data_dir, device)
+    data = ((train_x[:spec["train_size"]], train_y[:spec["train_size"]]), test)
+    config = {k: spec[k] for k in ("name", "model", "l1", "l2")}
+    model, history = train_model(config, data, spec["epochs"], spec["batch_size"], spec["max_lr"], spec["seed"],
+                                 device, progress=False, micro_batch_size=spec["micro_batch_size"])
+    return save_run(store, spec, model, history, device_name(device))
+
+
+def default_workers(device):
+    """Parallel runs that suit `device`: one per CPU core on the CPU (this small net uses two threads poorly),
+    one on a GPU."""
+    return (os.cpu_count() or 1) if torch.device(device).type == "cpu" else 1
+
+
+def describe_run(spec, entry, trained_now):
+    """One log line per run: its name, seed, final test accuracy, and whether it was trained now or loaded."""
+    h = entry["history"]
+    how = "trained now" if trained_now else f"loaded from the store (trained {entry['trained_at']}"
+    how += f" on {entry['trained_on']}, {entry['seconds']:.0f} s" + ("" if trained_now else ")")
+    extra = "" if spec["micro_batch_size"] == spec["batch_size"] else f" micro-batch {spec['micro_batch_size']:3d}"
+    return f"{spec['name']:>8}{extra} seed {spec['seed']}: final test acc {h['test_acc'][-1]:6.2f}% | {how}"
+
+
+def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False):
+    """(model, history) for every spec, in order: loaded from `store` when there, trained and stored when not.
+
+    Missing runs train in `workers` parallel processes (joblib), one torch thread each, or in this process
+    when `workers` is 1; each is stored the moment it ends, so an interrupted call loses only the runs in
+    progress. Prints a line per run and a progress bar over the runs; `retrain` trains every spec anew.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    results = [None if retrain else load_run(store, spec) for spec in specs]
+    for spec, result in zip(specs, results):
+        if result:
+            print(describe_run(spec, result[1], trained_now=False), flush=True)
+    todo = [spec for spec, result in zip(specs, results) if result is None]
+    if todo:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        if workers == 1:
+            jobs = (train_and_store(spec, store, data_dir) for spec in todo)
+        else:
+            jobs = joblib.Parallel(n_jobs=workers, return_as="generator_unordered")(
+                joblib.delayed(train_and_store)(spec, store, data_dir, threads) for spec in todo)
+        with tqdm(total=len(todo), desc=f"training {len(todo)} runs on {workers} worker(s)", unit="run",
+                  file=sys.stdout, ncols=110, ascii=" #") as bar:
+            for key in jobs:
+                entry = json.loads((Path(store) / f"{key}.json").read_text())
+                bar.write(describe_run(entry["spec"], entry, trained_now=True))
+                bar.update()
+    loaded = [result or load_run(store, spec) for spec, result in zip(specs, results)]
+    if any(result is None for result in loaded):
+        raise RuntimeError(f"run store {store}: a run just trained could not be read back")
+    return [(model.to(torch.device(spec["device"])), entry["history"]) for spec, (model, entry) in zip(specs, loaded)]
+
+
+TRAINING_CODE = (set_seed, augment, batches, conv_weights, l1_penalty, make_optimizer, make_scheduler, train_epoch,
+                 predict, evaluate, train_model)
 
 
 # ---------------------------------------------------------------- history
