@@ -1,13 +1,15 @@
 """Test-run settings: the notebook under nbval runs at a tiny size and writes into a temporary folder.
 
 The kernel that nbval starts inherits this process's environment, so these variables reach the notebook's
-parameters cell: one epoch and one seed for the main study and the regularizer runs, and a sweep of two batch sizes
-on 1,024 training images. OUTPUT_DIR is always replaced: a test run must never write over the committed images/.
+parameters cell: one epoch and one seed for the main study and the regularizer runs, and a sweep of two micro-batch
+sizes on 1,024 training images. OUTPUT_DIR and RUNS_DIR are always replaced: a test run must never write over the
+committed images/ nor read or write the committed run store runs/.
 """
 import os
 import tempfile
 
-for name, value in {"EPOCHS": "1", "SEEDS": "1", "SWEEP_BATCH_SIZES": "8,64", "SWEEP_TRAIN_SIZE": "1024",
+for name, value in {"EPOCHS": "1", "SEEDS": "1", "SWEEP_MICRO_BATCHES": "8,64", "SWEEP_TRAIN_SIZE": "1024",
                     "SWEEP_EPOCHS": "1", "SWEEP_SEEDS": "1"}.items():
     os.environ.setdefault(name, value)
 os.environ["OUTPUT_DIR"] = tempfile.mkdtemp(prefix="bn-ln-gn-test-")
+os.environ["RUNS_DIR"] = tempfile.mkdtemp(prefix="bn-ln-gn-runs-")
