@@ -20,7 +20,7 @@ from pathlib import Path
 import joblib
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -322,7 +322,7 @@ def load_run(store, spec, device="cpu"):
             raise ValueError("its weights file does not match the hash recorded in its JSON")
         model = Net(**spec["model"])
         model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
-        entry["history"]["name"] = spec["name"]
+        entry["history"].update(name=spec["name"], trained_on=f"{entry['trained_on']}, torch {entry['torch']}")
     except Exception as error:  # truncated or garbled JSON, a missing or damaged .pt, a wrong layout
         print(f"run store: entry {path} is unreadable ({type(error).__name__}: {error}); training it again",
               flush=True)
@@ -438,6 +438,11 @@ def results_table(histories):
 
 # ---------------------------------------------------------------- seeds and statistics
 
+def trained_on(histories):
+    """Where the runs were trained, for figure notes: "trained on CPU (1 threads), torch 2.14.1+cu130"."""
+    return "trained on " + " and ".join(sorted({h.get("trained_on", "an unrecorded device") for h in histories}))
+
+
 def by_name(histories):
     """Histories grouped by configuration name, in first-seen order: {name: [history, ...]}."""
     groups = {}
@@ -507,76 +512,114 @@ def seed_table(histories):
     return "\n".join(rows)
 
 
+def compare(groups, alpha=0.05):
+    """Every pair of {name: [values]}: Welch's test, and whether the difference is real at Bonferroni's threshold.
+
+    Returns a list of dicts with a, b, difference (mean a - mean b), t, df, p, threshold = alpha / number of pairs,
+    and verdict: "real" (p < threshold), "noise" (within the seed-to-seed noise) or "untestable" (too few seeds).
+    """
+    names = list(groups)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    threshold = alpha / max(1, len(pairs))
+    results = []
+    for a, b in pairs:
+        difference, t, df, p = welch_test(groups[a], groups[b])
+        verdict = "untestable" if math.isnan(p) else "real" if p < threshold else "noise"
+        results.append({"a": a, "b": b, "difference": difference, "t": t, "df": df, "p": p,
+                        "threshold": threshold, "verdict": verdict})
+    return results
+
+
+def final_test_accuracies(histories):
+    """{configuration name: [final test accuracy of each seed]}."""
+    return {name: [h["test_acc"][-1] for h in runs] for name, runs in by_name(histories).items()}
+
+
 def comparison_table(histories, alpha=0.05):
     """Markdown: every pair of configurations, final test accuracy compared with Welch's t-test.
 
     A difference is called real only when p < alpha / (number of pairs) (Bonferroni), otherwise it is
     within the seed-to-seed noise.
     """
-    groups = {name: [h["test_acc"][-1] for h in runs] for name, runs in by_name(histories).items()}
-    names = list(groups)
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    threshold = alpha / max(1, len(pairs))
+    results = compare(final_test_accuracies(histories), alpha)
+    threshold = results[0]["threshold"] if results else alpha
     rows = [f"| comparison (final test acc) | difference | Welch t | df | p | verdict (real if p < {threshold:.3g}) |",
             "| --- | --- | --- | --- | --- | --- |"]
-    for a, b in pairs:
-        difference, t, df, p = welch_test(groups[a], groups[b])
-        if math.isnan(p):
-            verdict = "untestable: needs 2+ seeds with some spread on each side"
-        else:
-            verdict = f"**real**: {a if difference > 0 else b} higher" if p < threshold else "within seed noise"
-        rows.append(f"| {a} vs {b} | {difference:+.3f} points | {t:.2f} | {df:.1f} | {p:.3g} | {verdict} |")
+    for r in results:
+        rows.append(f"| {r['a']} vs {r['b']} | {r['difference']:+.3f} points | {r['t']:.2f} | {r['df']:.1f} "
+                    f"| {r['p']:.3g} | {_verdict(r)} |")
     return "\n".join(rows)
 
 
-# ---------------------------------------------------------------- batch-size sweep
+def _verdict(result):
+    if result["verdict"] == "untestable":
+        return "untestable: needs 2+ seeds with some spread on each side"
+    if result["verdict"] == "noise":
+        return "within seed noise"
+    return f"**real**: {result['a'] if result['difference'] > 0 else result['b']} higher"
 
-def batch_size_sweep(configs, data, batch_sizes, epochs, seeds, base_lr=0.1, base_batch_size=128, device="cpu"):
-    """Train every config at every batch size and seed; returns the list of histories.
 
-    Every run sees the same number of samples (`epochs` passes over `data`); the peak learning rate scales
-    linearly with the batch size: base_lr * batch_size / base_batch_size.
-    """
-    histories = []
-    for config in configs:
-        for batch_size in batch_sizes:
-            for seed in seeds:
-                _, h = train_model(config, data, epochs, batch_size, base_lr * batch_size / base_batch_size,
-                                   seed, device, progress=False)
-                histories.append(h)
-                print(f"{config['name']:>4} batch {batch_size:4d} seed {seed}: final test acc {h['test_acc'][-1]:.2f}%"
-                      f" ({sum(h['seconds']):.0f} s)", flush=True)
-    return histories
+# ---------------------------------------------------------------- micro-batch sweep
+
+def diverged(history):
+    """True for a run that did not learn: its final test loss is not finite or its final test accuracy is below 50%."""
+    return not math.isfinite(history["test_loss"][-1]) or history["test_acc"][-1] < 50
+
+
+def _sweep_points(histories):
+    """{name: {micro-batch size: [final test accuracy of each seed that did not diverge]}} and the diverged count."""
+    points, failed = {}, {}
+    for h in histories:
+        size = h["micro_batch_size"]
+        points.setdefault(h["name"], {}).setdefault(size, [])
+        if diverged(h):
+            failed[h["name"], size] = failed.get((h["name"], size), 0) + 1
+        else:
+            points[h["name"]][size].append(h["test_acc"][-1])
+    return points, failed
 
 
 def sweep_table(histories):
-    """Markdown: final test accuracy mean +- sd over seeds, one row per batch size, one column per configuration."""
-    names = list(by_name(histories))
-    sizes = sorted({h["batch_size"] for h in histories})
-    rows = ["| batch size | peak lr | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 2)]
+    """Markdown: final test accuracy mean +- sd over seeds, one row per micro-batch size, one column per normalization;
+    diverged runs are counted, not averaged in."""
+    points, failed = _sweep_points(histories)
+    names = list(points)
+    sizes = sorted({size for by_size in points.values() for size in by_size})
+    rows = ["| micro-batch | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
     for size in sizes:
-        cells = [_mean_sd([h["test_acc"][-1] for h in histories if h["name"] == name and h["batch_size"] == size])
-                 for name in names]
-        lr = next(h["max_lr"] for h in histories if h["batch_size"] == size)
-        rows.append(f"| {size} | {lr:.4g} | " + " | ".join(cells) + " |")
+        cells = []
+        for name in names:
+            values, lost = points[name].get(size, []), failed.get((name, size), 0)
+            cell = _mean_sd(values) if values else "-"
+            cells.append(cell + (f" ({lost} of {lost + len(values)} diverged)" if lost else ""))
+        rows.append(f"| {size} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def plot_batch_size_sweep(histories, path=None):
-    """Final test error against batch size (log-log), one line per configuration: mean over seeds, bars +-1 sd."""
+def plot_micro_batch_sweep(histories, path=None, note=None):
+    """Final test error against the micro-batch size, one line per normalization: mean over seeds, bars +-1 sd.
+
+    A diverged run is drawn as an x at the top edge, labelled, so it cannot set the scale of the plot.
+    """
+    points, failed = _sweep_points(histories)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, runs in by_name(histories).items():
-        sizes = sorted({h["batch_size"] for h in runs})
-        errors = [summarize([100 - h["test_acc"][-1] for h in runs if h["batch_size"] == b]) for b in sizes]
-        ax.errorbar(sizes, [e["mean"] for e in errors], yerr=[0 if e["n"] == 1 else e["std"] for e in errors],
-                    marker="o", markersize=4, capsize=3, label=name)
+    for name, by_size in points.items():
+        sizes = [s for s in sorted(by_size) if by_size[s]]
+        errors = [summarize([100 - acc for acc in by_size[s]]) for s in sizes]
+        line = ax.errorbar(sizes, [e["mean"] for e in errors], capsize=3, marker="o", markersize=4, label=name,
+                           yerr=[0 if e["n"] == 1 else e["std"] for e in errors])
+        lost = [s for s in sorted(by_size) if failed.get((name, s))]
+        if lost:
+            ax.plot(lost, [0.97] * len(lost), "x", color=line[0].get_color(), markersize=9,
+                    transform=ax.get_xaxis_transform(), label=f"{name}: diverged")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set(xlabel="batch size (peak learning rate scaled linearly)", ylabel="final test error (%)",
-           title="Batch-size sensitivity (same number of samples seen)")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set(xlabel="micro-batch size (samples per forward pass; optimizer batch fixed)",
+           ylabel="final test error (%)", title="Micro-batch sensitivity (same steps, same samples)")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    return _finish(fig, path)
+    return _finish(fig, path, note)
 
 
 # ---------------------------------------------------------------- what the regularizers did
@@ -623,7 +666,7 @@ def regularizer_table(report):
     return "\n".join(rows)
 
 
-def plot_weight_histograms(models, path=None):
+def plot_weight_histograms(models, path=None, note=None):
     """Distribution of |w| over all conv weights (pooled over seeds), log-spaced bins, one outline per configuration."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     bins = torch.logspace(-6, 0.5, 60).numpy()
@@ -636,51 +679,105 @@ def plot_weight_histograms(models, path=None):
            title="Weight magnitudes")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _finish(fig, path)
+    return _finish(fig, path, note)
+
+
+# ---------------------------------------------------------------- findings
+
+def _pair_sentence(result, unit="points"):
+    words = {"real": "a real difference", "noise": "within seed noise",
+             "untestable": "untestable with these seeds"}[result["verdict"]]
+    return (f"{result['a']} vs {result['b']}: {result['difference']:+.2f} {unit} (Welch p = {result['p']:.2g}), "
+            f"{words}")
+
+
+def findings(histories, reg_histories=(), sweep=(), report=None, alpha=0.05):
+    """The study's conclusions as Markdown bullets, every number computed from the histories (and the regularizer
+    report): which differences are real and which are within seed noise, what the sweep and the penalties did."""
+    lines = []
+    finals = final_test_accuracies(histories)
+    ranked = sorted(finals, key=lambda name: -statistics.fmean(finals[name]))
+    lines.append("- **Main study** (final test accuracy, mean +- sd over seeds): " + ", ".join(
+        f"{name} {_mean_sd(finals[name])}" for name in ranked) + ".")
+    results = compare(finals, alpha)
+    if results:
+        lines.append(f"- Pairwise (Welch, real if p < {results[0]['threshold']:.3g}): "
+                     + "; ".join(map(_pair_sentence, results)) + ".")
+    if sweep:
+        points, failed = _sweep_points(sweep)
+        for name, by_size in points.items():
+            sizes = sorted(by_size)
+            small, large = by_size[sizes[0]], by_size[sizes[-1]]
+            lost = sum(failed.get((name, s), 0) for s in sizes)
+            text = f"- **Micro-batch sweep, {name}**: micro-batch {sizes[0]} "
+            text += f"{_mean_sd(small)}, {sizes[-1]} {_mean_sd(large)}" if small and large else "diverged"
+            if len(small) > 1 and len(large) > 1:
+                r = compare({str(sizes[0]): small, str(sizes[-1]): large}, alpha)[0]
+                text += f"; difference {r['difference']:+.2f} points (Welch p = {r['p']:.2g}, real if p < {alpha})"
+            means = [statistics.fmean(by_size[s]) for s in sizes if by_size[s]]
+            text += f"; means range over {max(means) - min(means):.2f} points across micro-batch sizes" if means else ""
+            lines.append(text + (f"; {lost} run(s) diverged." if lost else "."))
+    if reg_histories:
+        reg_finals = final_test_accuracies(reg_histories)
+        reg_finals = {name: reg_finals.get(name) or finals[name] for name in ("BN", "BN + L1", "BN + L2")
+                      if reg_finals.get(name) or finals.get(name)}
+        results = [r for r in compare(reg_finals, alpha) if r["a"] == "BN"]
+        lines.append("- **Regularizers** (final test accuracy): " + ", ".join(
+            f"{name} {_mean_sd(values)}" for name, values in reg_finals.items()) + "; "
+            + "; ".join(map(_pair_sentence, results)) + ".")
+    if report:
+        lines.append("- Near-zero conv weights (|w| < 1% of the layer's largest): " + ", ".join(
+            f"{name} {_mean_sd([100 * f for f in r['near_zero']], '%', 1)}" for name, r in report.items())
+            + "; clean train - test accuracy gap: " + ", ".join(
+            f"{name} {_mean_sd([a - b for a, b in zip(r['train_acc'], r['test_acc'])], ' pts')}"
+            for name, r in report.items()) + ".")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- plots
 
-def _finish(fig, path):
+def _finish(fig, path, note=None):
+    """Lay out, put `note` (where the runs were trained) in the bottom-right corner, save as PNG when `path`."""
     fig.tight_layout()
+    if note:
+        fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=7, color="0.4")
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
     return fig
 
 
-def plot_metric(histories, key, ylabel, title, path=None, ylim=None, ax=None):
+def plot_metric(histories, key, ylabel, title, path=None, ylim=None, ax=None, note=None):
     """`key` ("test_loss", "test_acc", ...) against the epoch: one line per configuration name, the mean over its
-    seeds, with a band of +-1 standard deviation when there are two seeds or more; saves a PNG."""
+    seeds, over a thin line for each seed (a spread that, unlike a +-sd band, stays within the quantity's range)."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4.2))
     for name, runs in by_name(histories).items():
         epochs = runs[0]["epoch"]
-        per_epoch = [summarize([h[key][i] for h in runs]) for i in range(len(epochs))]
-        mean = [s["mean"] for s in per_epoch]
-        label = name if len(runs) == 1 else f"{name} (mean of {len(runs)} seeds, band +-1 sd)"
-        line, = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+        mean = [statistics.fmean(h[key][i] for h in runs) for i in range(len(epochs))]
+        label = name if len(runs) == 1 else f"{name} (mean of {len(runs)} seeds; thin: each seed)"
+        line, = ax.plot(epochs, mean, marker="o", markersize=3, label=label, zorder=3)
         if len(runs) > 1:
-            ax.fill_between(epochs, [s["mean"] - s["std"] for s in per_epoch],
-                            [s["mean"] + s["std"] for s in per_epoch], color=line.get_color(), alpha=0.2)
+            for h in runs:
+                ax.plot(h["epoch"], h[key], color=line.get_color(), linewidth=0.7, alpha=0.45, zorder=2)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ylim:
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _finish(fig, path)
+    return _finish(fig, path, note)
 
 
-def plot_train_curves(histories, path=None):
+def plot_train_curves(histories, path=None, note=None):
     """Training loss and training accuracy (running, augmented) of every configuration, side by side."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     plot_metric(histories, "train_loss", "cross-entropy (nats)", "Training loss (running mean per epoch)", ax=left)
     plot_metric(histories, "train_acc", "accuracy (%)", "Training accuracy (running, augmented batches)",
                 ax=right)
-    return _finish(fig, path)
+    return _finish(fig, path, note)
 
 
-def plot_misclassified(images, mistakes, title, path=None):
+def plot_misclassified(images, mistakes, title, path=None, note=None):
     """A 5x2 grid (5 rows, 2 columns) of misclassified digits, each titled with predicted, actual, probability."""
     fig, axes = plt.subplots(5, 2, figsize=(4.4, 10))
     for i, ax in enumerate(axes.flat):
@@ -692,4 +789,4 @@ def plot_misclassified(images, mistakes, title, path=None):
         ax.set_title(f"predicted {mistakes['predicted'][i]} (p={mistakes['probability'][i]:.2f})\n"
                      f"actual {mistakes['actual'][i]}  [#{mistakes['index'][i]}]", fontsize=9)
     fig.suptitle(title)
-    return _finish(fig, path)
+    return _finish(fig, path, note)

@@ -72,35 +72,50 @@ def test_seed_table_shows_mean_sd_and_interval_of_final_and_best():
     assert "1 seed: no spread" in utils.seed_table(histories_of("GN", [99.5]))
 
 
-def test_metric_plot_draws_the_seed_mean_and_a_one_sd_band():
-    runs = histories_of("BN", [99.0, 99.4])  # epoch 1: 98.0 both; epoch 2: 99.0 and 99.4
-    fig = utils.plot_metric(runs + histories_of("GN", [99.3]), "test_acc", "accuracy (%)", "Test accuracy")
+def test_metric_plot_draws_the_seed_mean_over_each_seed_and_stays_in_range():
+    runs = histories_of("BN", [99.0, 99.9])  # epoch 1: 98.0 both; epoch 2: 99.0 and 99.9
+    fig = utils.plot_metric(runs + histories_of("GN", [99.3]), "test_acc", "accuracy (%)", "Test accuracy",
+                            note="trained on CPU (1 threads)")
     ax = fig.axes[0]
-    assert list(ax.lines[0].get_ydata()) == pytest.approx([98.0, 99.2])
-    band = ax.collections[0].get_paths()[0].vertices[:, 1]
-    sd = math.sqrt(0.08)  # values 99.0 and 99.4 around 99.2
-    assert band.max() == pytest.approx(99.2 + sd) and band.min() == pytest.approx(98.0)
-    assert len(ax.collections) == 1  # the single-seed configuration gets a line, no band
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN (mean of 2 seeds, band +-1 sd)", "GN"]
+    mean, *seeds, single = ax.lines
+    assert list(mean.get_ydata()) == pytest.approx([98.0, 99.45])
+    assert [list(line.get_ydata()) for line in seeds] == [[98.0, 99.0], [98.0, 99.9]]
+    assert list(single.get_ydata()) == [98.0, 99.3]  # the single-seed configuration: its own line only
+    # a +-1 sd band would reach 99.45 + 0.64 = 100.09%: above what an accuracy can be; each seed's line cannot
+    assert max(max(line.get_ydata()) for line in ax.lines) <= 100
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN (mean of 2 seeds; thin: each seed)", "GN"]
+    assert "trained on CPU (1 threads)" in [t.get_text() for t in fig.texts]
     utils.plt.close(fig)
 
 
-def test_batch_size_sweep_scales_the_learning_rate_and_plots_on_a_tiny_subset(tiny, tmp_path):
-    configs = [{"name": "BN", "model": {"norm": "bn"}}, {"name": "GN", "model": {"norm": "gn"}}]
-    sweep = utils.batch_size_sweep(configs, tiny, [2, 64], epochs=1, seeds=[1, 2], base_lr=0.1, base_batch_size=128)
-    assert [(h["name"], h["batch_size"], h["seed"]) for h in sweep] == [
-        (n, b, s) for n in ("BN", "GN") for b in (2, 64) for s in (1, 2)]
-    assert {h["batch_size"]: h["max_lr"] for h in sweep} == {2: pytest.approx(0.1 * 2 / 128), 64: 0.05}
-    assert all(0 <= h["test_acc"][-1] <= 100 and len(h["epoch"]) == 1 for h in sweep)
-    table = utils.sweep_table(sweep)
-    assert table.splitlines()[0] == "| batch size | peak lr | BN | GN |" and len(table.splitlines()) == 4
-    fig = utils.plot_batch_size_sweep(sweep, tmp_path / "sweep.png")
+def sweep_history(name, micro_batch_size, test_acc, seed=1):
+    return {"name": name, "micro_batch_size": micro_batch_size, "seed": seed, "test_acc": [test_acc],
+            "test_loss": [0.05 if test_acc > 50 else 2.3]}
+
+
+def test_micro_batch_table_and_plot_average_seeds_and_mark_diverged_runs(tmp_path):
+    sweep = [sweep_history("BN", 2, 97.0), sweep_history("BN", 2, 9.8, seed=2),  # seed 2 diverged
+             sweep_history("BN", 128, 99.0), sweep_history("BN", 128, 99.2, seed=2),
+             sweep_history("LN", 2, 98.9), sweep_history("LN", 128, 98.8)]
+    table = utils.sweep_table(sweep).splitlines()
+    assert table[0] == "| micro-batch | BN | LN |"
+    assert table[2] == "| 2 | 97.00% (1 of 2 diverged) | 98.90% |"
+    assert table[3] == "| 128 | 99.10% +- 0.14 | 98.80% |"
+    fig = utils.plot_micro_batch_sweep(sweep, tmp_path / "sweep.png")
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_ylabel() == "final test error (%)"
-    bn_errors = [100 - h["test_acc"][-1] for h in sweep if h["name"] == "BN"]
-    assert list(ax.lines[0].get_ydata()) == pytest.approx([sum(bn_errors[:2]) / 2, sum(bn_errors[2:]) / 2])
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([3.0, 0.9])  # BN's error, diverged seed left out
+    marker = next(line for line in ax.lines if line.get_label() == "BN: diverged")
+    assert list(marker.get_xdata()) == [2] and list(marker.get_ydata()) == [0.97]  # top edge, axes fraction
+    assert ax.get_ylim()[1] < 10  # the diverged run's 90% error does not set the scale
     assert (tmp_path / "sweep.png").stat().st_size > 5_000
     utils.plt.close(fig)
+
+
+def test_a_run_is_diverged_when_its_loss_is_not_finite_or_it_ends_below_half():
+    assert utils.diverged({"test_loss": [0.1, math.nan], "test_acc": [98.0, 99.0]})
+    assert utils.diverged({"test_loss": [0.1, 2.3], "test_acc": [98.0, 11.35]})
+    assert not utils.diverged({"test_loss": [2.3, 0.1], "test_acc": [11.35, 98.0]})
 
 
 def test_near_zero_fraction_counts_small_weights_relative_to_their_layer():
@@ -145,3 +160,22 @@ def test_weight_histogram_plot_has_one_outline_per_configuration(tmp_path):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN", "BN + L1"]
     assert ax.get_xscale() == "log" and (tmp_path / "weights.png").stat().st_size > 5_000
     utils.plt.close(fig)
+
+
+def test_findings_are_computed_from_the_histories():
+    main = histories_of("BN + L1", [99.50, 99.52, 99.54]) + histories_of("LN", [99.30, 99.31, 99.33]) \
+        + histories_of("GN", [99.45, 99.55, 99.48])
+    reg = histories_of("BN", [99.49, 99.53, 99.51]) + histories_of("BN + L2", [99.40, 99.60, 99.50])
+    sweep = [sweep_history("BN", 2, acc, seed) for seed, acc in enumerate([97.0, 97.4], 1)] \
+        + [sweep_history("BN", 128, acc, seed) for seed, acc in enumerate([99.0, 99.2], 1)]
+    text = utils.findings(main, reg, sweep)
+    welch = {(r["a"], r["b"]): r for r in utils.compare(utils.final_test_accuracies(main))}
+    assert text.startswith("- **Main study** (final test accuracy, mean +- sd over seeds): BN + L1 99.52% +- 0.02, "
+                           "GN 99.49% +- 0.05, LN 99.31% +- 0.02.")
+    assert f"BN + L1 vs LN: +0.21 points (Welch p = {welch['BN + L1', 'LN']['p']:.2g}), a real difference" in text
+    assert f"BN + L1 vs GN: +0.03 points (Welch p = {welch['BN + L1', 'GN']['p']:.2g}), within seed noise" in text
+    bn_p = stats.ttest_ind([97.0, 97.4], [99.0, 99.2], equal_var=False).pvalue
+    assert (f"- **Micro-batch sweep, BN**: micro-batch 2 97.20% +- 0.28, 128 99.10% +- 0.14; difference -1.90 points "
+            f"(Welch p = {bn_p:.2g}, real if p < 0.05)") in text
+    assert "**Regularizers** (final test accuracy): BN 99.51% +- 0.02, BN + L1 99.52% +- 0.02, BN + L2 99.50% +- 0.10" \
+        in text
