@@ -12,6 +12,7 @@ import json
 import math
 import os
 import statistics
+import struct
 import sys
 import textwrap
 import time
@@ -31,8 +32,6 @@ from tqdm import tqdm
 from model import Net
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 BACKGROUND = (0.0 - MNIST_MEAN) / MNIST_STD  # a black pixel after normalization
 
 
@@ -58,13 +57,47 @@ def set_seed(seed):
     torch.backends.cudnn.benchmark = False
 
 
+MNIST_LAYOUT = {  # file name: (magic number, dimensions): the IDX header of each MNIST file
+    "train-images-idx3-ubyte": (2051, (60_000, 28, 28)), "train-labels-idx1-ubyte": (2049, (60_000,)),
+    "t10k-images-idx3-ubyte": (2051, (10_000, 28, 28)), "t10k-labels-idx1-ubyte": (2049, (10_000,)),
+}
+MNIST_FILES = tuple(MNIST_LAYOUT)
+
+
+def check_mnist_file(path):
+    """Raise ValueError naming `path`, what is wrong with it and the fix, unless it is a well-formed MNIST IDX file.
+
+    Checks the header (magic number and dimensions) and that the size is header plus one byte per value: a
+    truncated copy or download, or another file under MNIST's name, fails here rather than deep in torchvision.
+    """
+    path = Path(path)
+    magic, dims = MNIST_LAYOUT[path.name]
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims)
+    expected = len(header) + math.prod(dims)
+    fix = ("Delete it so that torchvision downloads it again (online), or replace it with the original "
+           "decompressed file (md5 sums: torchvision.datasets.MNIST.resources).")
+    with open(path, "rb") as f:
+        found = f.read(len(header))
+    if found != header:
+        raise ValueError(f"{path} is not the MNIST file it is named after: its header is {found.hex()}, MNIST's "
+                         f"{path.name} starts with {header.hex()} (magic number {magic}, dimensions {dims}). {fix}")
+    size = path.stat().st_size
+    if size != expected:
+        raise ValueError(f"{path} is damaged: it has {size:,} bytes, but MNIST's {path.name} has {expected:,} "
+                         f"({'truncated' if size < expected else 'extra bytes at the end'}). {fix}")
+
+
 def load_mnist(root="data", device="cpu"):
     """MNIST as ((train_images, train_labels), (test_images, test_labels)) on `device`.
 
     Images are float tensors of shape (N, 1, 28, 28), normalized with the MNIST mean and std; labels are int64.
-    Downloads into `root` when the files are missing and the machine is online.
+    Downloads into `root` when the files are missing and the machine is online; a damaged file is an error that
+    names it.
     """
     raw = Path(root) / "MNIST" / "raw"
+    for name in MNIST_FILES:
+        if (raw / name).exists():
+            check_mnist_file(raw / name)
     splits = []
     for train in (True, False):
         try:
@@ -102,6 +135,71 @@ def batches(images, labels, batch_size, shuffle=False, drop_last=False):
     for start in range(0, stop, batch_size):
         index = order[start:start + batch_size]
         yield images[index], labels[index]
+
+
+# ---------------------------------------------------------------- notebook parameters
+
+def from_env(name, default):
+    """The parameter `name` from the environment when set there, parsed like `default` (int, float, bool, str, or a
+    list of ints written "2,4,8"), else `default`; a value that does not parse is an error naming the parameter."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("0", "1", "true", "false"):
+                raise ValueError("not a truth value")
+            return text.lower() in ("1", "true")
+        if isinstance(default, list):
+            return [int(part) for part in text.split(",")]
+        return type(default)(text)
+    except ValueError:
+        kind = {bool: "0, 1, true or false", list: "comma-separated whole numbers", int: "a whole number",
+                float: "a number"}.get(type(default), "a value")
+        raise ValueError(f"environment variable {name}={text!r} is not {kind}") from None
+
+
+def _whole(low, high=math.inf):
+    def ok(value):
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    return ok, f"a whole number from {low}" + ("" if high == math.inf else f" to {high:,}")
+
+
+PARAMETER_RULES = {  # name: (check, what is allowed)
+    "EPOCHS": _whole(1), "SEEDS": _whole(1), "BATCH_SIZE": _whole(1, 60_000),
+    "MAX_LR": (lambda v: isinstance(v, (int, float)) and 0 < v < math.inf, "a number above 0"),
+    "L1_LAMBDA": (lambda v: isinstance(v, (int, float)) and 0 <= v < math.inf, "a number from 0"),
+    "L2_LAMBDA": (lambda v: isinstance(v, (int, float)) and 0 <= v < math.inf, "a number from 0"),
+    "GN_GROUPS": (lambda v: v in (1, 2, 4, 8) and not isinstance(v, bool),
+                  f"1, 2, 4 or 8 (a group count must divide every layer width {Net.WIDTHS})"),
+    "DROPOUT": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number from 0 up to (not including) 1"),
+    "SWEEP_MICRO_BATCHES": (lambda v: isinstance(v, list) and len(v) > 0 and all(_whole(1)[0](b) for b in v),
+                            "a non-empty list of whole numbers from 1 to BATCH_SIZE"),
+    "SWEEP_TRAIN_SIZE": _whole(1, 60_000), "SWEEP_EPOCHS": _whole(1), "SWEEP_SEEDS": _whole(1), "WORKERS": _whole(0),
+    "RETRAIN": (lambda v: isinstance(v, bool), "True or False"),
+    "RUNS_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),
+    "DATA_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),
+    "OUTPUT_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),
+}
+
+
+def check_parameters(params):
+    """Stop with a ValueError naming the parameter, its value and what is allowed, for any wrong notebook parameter.
+
+    `params` maps names to values (the notebook passes its upper-case globals); all of PARAMETER_RULES must be there.
+    """
+    missing = [name for name in PARAMETER_RULES if name not in params]
+    if missing:
+        raise ValueError(f"parameters missing: {', '.join(missing)}")
+    for name, (ok, allowed) in PARAMETER_RULES.items():
+        if not ok(params[name]):
+            raise ValueError(f"parameter {name} = {params[name]!r} is not allowed: it must be {allowed}")
+    if max(params["SWEEP_MICRO_BATCHES"]) > params["BATCH_SIZE"]:
+        raise ValueError(f"parameter SWEEP_MICRO_BATCHES = {params['SWEEP_MICRO_BATCHES']!r} is not allowed: a "
+                         f"micro-batch cannot exceed BATCH_SIZE = {params['BATCH_SIZE']}")
+    if params["SWEEP_TRAIN_SIZE"] < params["BATCH_SIZE"]:
+        raise ValueError(f"parameter SWEEP_TRAIN_SIZE = {params['SWEEP_TRAIN_SIZE']!r} is not allowed: it must hold "
+                         f"at least one batch of BATCH_SIZE = {params['BATCH_SIZE']} images")
 
 
 # ---------------------------------------------------------------- regularizers, optimizer

@@ -1,4 +1,6 @@
 """One test per mistake seen in public course projects of this study, named after the pitfall."""
+import gc
+
 import pytest
 import torch
 import torch.nn as nn
@@ -160,6 +162,26 @@ def test_history_holds_plain_numbers_not_tensors(tiny, tmp_path):
         assert all(type(v) is float for v in history[key]), key
     utils.save_histories([history], tmp_path / "h.json")
     assert utils.load_histories(tmp_path / "h.json") == [history]
+
+
+def live_graph_tensors():
+    """Tensors alive in this process that still hold an autograd graph (a grad_fn)."""
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is torch.Tensor and o.grad_fn is not None)
+
+
+@pytest.mark.parametrize("micro_batch_size", [None, 16])
+def test_no_step_keeps_its_autograd_graph_alive(tiny, micro_batch_size):
+    """Pitfall: per-step loss tensors kept without .detach(): every step's graph stays in memory all epoch."""
+    (train_x, train_y), _ = tiny
+    model = Net("bn")
+    optimizer = utils.make_optimizer(model, 0.05)
+    scheduler = utils.make_scheduler(optimizer, 0.05, 4)
+    counts = []
+    utils.train_epoch(model, optimizer, scheduler, utils.batches(train_x, train_y, 128), l1=1e-4,
+                      micro_batch_size=micro_batch_size, on_step=lambda: counts.append(live_graph_tensors()))
+    assert len(counts) == 4 and counts[0] > 0  # the step in progress holds its graph
+    assert counts[-1] == counts[0]  # but no step's graph outlives the next step
 
 
 def test_seeded_runs_repeat_exactly_with_one_consistent_cudnn_setting(tiny):

@@ -1,0 +1,116 @@
+"""Bad input stops early with an error that names the problem: damaged MNIST files, wrong notebook parameters."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import utils
+
+ROOT = Path(__file__).resolve().parent.parent
+RAW = ROOT / "data" / "MNIST" / "raw"
+
+
+@pytest.fixture
+def mnist_copy(tmp_path):
+    """A copy of the four MNIST files, safe to damage."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in utils.MNIST_FILES:
+        shutil.copy(RAW / name, raw / name)
+    return tmp_path
+
+
+def test_a_truncated_file_is_named_with_its_size_and_the_fix(mnist_copy):
+    path = mnist_copy / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:999_984 + 16])
+    with pytest.raises(ValueError) as error:
+        utils.load_mnist(mnist_copy)
+    message = str(error.value)
+    assert str(path) in message and "is damaged" in message and "truncated" in message
+    assert "1,000,000 bytes" in message and "47,040,016" in message and "Delete it" in message
+
+
+def test_a_file_with_the_wrong_header_is_named(mnist_copy):
+    raw = mnist_copy / "MNIST" / "raw"
+    (raw / "t10k-labels-idx1-ubyte").write_bytes((raw / "train-labels-idx1-ubyte").read_bytes())  # swapped files
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte is not the MNIST file it is named after: its header "
+                                         r"is 000008010000ea60, MNIST's t10k-labels-idx1-ubyte starts with "
+                                         r"0000080100002710"):
+        utils.load_mnist(mnist_copy)
+
+
+def test_extra_bytes_are_named_too(mnist_copy):
+    path = mnist_copy / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes() + b"\0" * 10)
+    with pytest.raises(ValueError, match="extra bytes at the end"):
+        utils.load_mnist(mnist_copy)
+
+
+def test_the_real_files_pass_the_check():
+    for name in utils.MNIST_FILES:
+        utils.check_mnist_file(RAW / name)
+
+
+def good_parameters():
+    return {"EPOCHS": 20, "SEEDS": 5, "BATCH_SIZE": 128, "MAX_LR": 0.1, "L1_LAMBDA": 5e-5, "L2_LAMBDA": 5e-4,
+            "GN_GROUPS": 4, "DROPOUT": 0.05, "SWEEP_MICRO_BATCHES": [2, 128], "SWEEP_TRAIN_SIZE": 60_000,
+            "SWEEP_EPOCHS": 2, "SWEEP_SEEDS": 3, "WORKERS": 0, "RUNS_DIR": "runs", "RETRAIN": False,
+            "DATA_DIR": "data", "OUTPUT_DIR": "images"}
+
+
+@pytest.mark.parametrize("name, value, allowed", [
+    ("EPOCHS", 0, "a whole number from 1"), ("SEEDS", 0, "a whole number from 1"), ("EPOCHS", 2.5, "whole number"),
+    ("SWEEP_MICRO_BATCHES", [8, -4], "a non-empty list of whole numbers from 1 to BATCH_SIZE"),
+    ("SWEEP_MICRO_BATCHES", [], "non-empty"), ("SWEEP_TRAIN_SIZE", 70_000, "a whole number from 1 to 60,000"),
+    ("MAX_LR", 0.0, "a number above 0"), ("DROPOUT", 1.0, "up to (not including) 1"), ("GN_GROUPS", 3, "1, 2, 4 or 8"),
+    ("WORKERS", -1, "a whole number from 0"), ("RETRAIN", "yes", "True or False"), ("BATCH_SIZE", True, "whole"),
+])
+def test_a_wrong_parameter_is_named_with_its_value_and_what_is_allowed(name, value, allowed):
+    params = dict(good_parameters(), **{name: value})
+    with pytest.raises(ValueError) as error:
+        utils.check_parameters(params)
+    assert f"parameter {name} = {value!r} is not allowed" in str(error.value) and allowed in str(error.value)
+
+
+def test_parameters_that_only_clash_with_each_other_are_caught():
+    with pytest.raises(ValueError, match=r"SWEEP_MICRO_BATCHES = \[2, 256\] .* cannot exceed BATCH_SIZE = 128"):
+        utils.check_parameters(dict(good_parameters(), SWEEP_MICRO_BATCHES=[2, 256]))
+    with pytest.raises(ValueError, match="SWEEP_TRAIN_SIZE = 100 .* at least one batch of BATCH_SIZE = 128"):
+        utils.check_parameters(dict(good_parameters(), SWEEP_TRAIN_SIZE=100))
+    utils.check_parameters(good_parameters())
+
+
+@pytest.mark.parametrize("text, default, value", [("3", 20, 3), ("2,8", [1], [2, 8]), ("1", False, True),
+                                                  ("false", True, False), ("0.2", 0.1, 0.2), ("out", "images", "out")])
+def test_environment_values_are_parsed_like_the_default(monkeypatch, text, default, value):
+    monkeypatch.setenv("SOME_PARAMETER", text)
+    assert utils.from_env("SOME_PARAMETER", default) == value
+
+
+@pytest.mark.parametrize("text, default, kind", [("abc", 20, "a whole number"), ("2,x", [1], "comma-separated"),
+                                                 ("yes", False, "0, 1, true or false")])
+def test_an_environment_value_that_does_not_parse_names_the_variable(monkeypatch, text, default, kind):
+    monkeypatch.setenv("EPOCHS", text)
+    with pytest.raises(ValueError, match=f"environment variable EPOCHS='{text}' is not {kind}"):
+        utils.from_env("EPOCHS", default)
+
+
+def notebook_cells():
+    return [c for c in json.loads((ROOT / "experiments.ipynb").read_text())["cells"] if c["cell_type"] == "code"]
+
+
+@pytest.mark.parametrize("env, message", [({"EPOCHS": "0"}, "parameter EPOCHS = 0"),
+                                          ({"SWEEP_MICRO_BATCHES": "2,-8"}, "parameter SWEEP_MICRO_BATCHES = [2, -8]")])
+def test_the_notebook_stops_on_a_wrong_parameter_before_loading_data(monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cells = notebook_cells()
+    parameters = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
+    setup = "".join(cells[cells.index(parameters) + 1]["source"])
+    check = setup.index("utils.check_parameters(")
+    assert check < setup.index("cached_mnist") and check < setup.index("get_device")
+    namespace = {}
+    exec("".join(parameters["source"]), namespace)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        exec(setup[:check] + setup[check:].split("\n")[0], namespace)
