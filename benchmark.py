@@ -1,12 +1,17 @@
-"""Time the classic DataLoader training loop against this repo's on-device loop, in one process.
+"""Training throughput of three ways to run this study, side by side in one invocation.
 
-Both train the same Net with the same optimizer, one-cycle schedule, batch size and augmentation strength
-(rotation up to 7 degrees, shift up to 2 pixels) and test after every epoch; only the data path differs:
+All train the same Net with the same optimizer, one-cycle schedule, batch size and augmentation strength
+(rotation up to 7 degrees, shift up to 2 pixels) and test after every epoch:
   classic: torchvision dataset -> PIL RandomAffine -> ToTensor/Normalize -> DataLoader(workers) -> device
   on-device: the whole dataset on the device, augmented in batch with affine_grid/grid_sample there
-Usage: python benchmark.py [--epochs 2] [--norm bn] [--workers 2]
+  parallel: independent on-device runs (different seeds) in --parallel worker processes, one thread each, as
+            the notebook's utils.train_or_load runs them; throughput is epochs per minute over all workers,
+            wall clock including the workers' start and data loading
+Usage: python benchmark.py [--epochs 2] [--norm bn] [--workers 2] [--parallel 2]
 """
 import argparse
+import os
+import tempfile
 import time
 
 import torch
@@ -58,6 +63,17 @@ def run(path, data, args, device):
     return seconds, accuracy
 
 
+def parallel_runs(args, device):
+    """Train --parallel runs of --epochs epochs at once in as many workers; returns (wall seconds, test accuracies)."""
+    config = {"name": args.norm.upper(), "model": {"norm": args.norm}, "l1": args.l1}
+    specs = [utils.run_spec(config, args.seed + i, args.epochs, args.batch_size, args.max_lr, device)
+             for i in range(args.parallel)]
+    with tempfile.TemporaryDirectory() as store:
+        start = time.perf_counter()
+        runs = utils.train_or_load(specs, store, args.data, workers=args.parallel)
+        return time.perf_counter() - start, [h["test_acc"][-1] for _, h in runs]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2)
@@ -66,22 +82,28 @@ def main():
     parser.add_argument("--max-lr", type=float, default=0.1)
     parser.add_argument("--l1", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (classic loop)")
+    parser.add_argument("--parallel", type=int, default=os.cpu_count(), help="parallel runs (parallel mode)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", default="data", help="MNIST root folder (MNIST/raw inside)")
     args = parser.parse_args()
 
     device = utils.get_device()
     data = utils.load_mnist(args.data, device)
-    print(f"{utils.device_name(device)}, torch {torch.__version__}, Net({args.norm!r}), batch {args.batch_size}, "
+    print(f"{time.strftime('%Y-%m-%d')}: {utils.device_name(device)}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"Net({args.norm!r}), batch {args.batch_size}, "
           f"{args.epochs} epochs each, test pass after every epoch\n")
     results = {path: run(path, data, args, device) for path in ("classic", "on-device")}
-    print("| training loop | seconds per epoch (each epoch) | mean | test accuracy after last epoch |")
-    print("| --- | --- | --- | --- |")
-    for path, (seconds, accuracy) in results.items():
-        each = ", ".join(f"{s:.2f}" for s in seconds)
-        print(f"| {path} | {each} | {sum(seconds) / len(seconds):.2f} | {accuracy:.2f}% |")
-    mean = {path: sum(s) / len(s) for path, (s, _) in results.items()}
-    print(f"\non-device loop is {mean['classic'] / mean['on-device']:.1f}x faster per epoch than the classic loop")
+    epochs_per_minute = {path: 60 * len(seconds) / sum(seconds) for path, (seconds, _) in results.items()}
+    wall, accuracies = parallel_runs(args, device)
+    epochs_per_minute["parallel"] = 60 * args.parallel * args.epochs / wall
+    print(f"| training loop | seconds per epoch (each epoch) | epochs per minute | vs classic | vs on-device "
+          f"| test accuracy after last epoch |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    rows = {path: (", ".join(f"{s:.2f}" for s in seconds), [accuracy]) for path, (seconds, accuracy) in results.items()}
+    rows[f"parallel ({args.parallel} runs at once)"] = (f"{wall:.1f} s wall for {args.parallel} x {args.epochs}", accuracies)
+    for (path, (each, accuracy)), rate in zip(rows.items(), epochs_per_minute.values()):
+        print(f"| {path} | {each} | {rate:.2f} | {rate / epochs_per_minute['classic']:.2f}x "
+              f"| {rate / epochs_per_minute['on-device']:.2f}x | {', '.join(f'{a:.2f}%' for a in accuracy)} |")
 
 
 if __name__ == "__main__":

@@ -807,9 +807,10 @@ def findings(histories, reg_histories=(), sweep=(), report=None, alpha=0.05):
             sizes = sorted(by_size)
             small, large = by_size[sizes[0]], by_size[sizes[-1]]
             lost = sum(failed.get((name, s), 0) for s in sizes)
-            text = f"- **Micro-batch sweep, {name}**: micro-batch {sizes[0]} "
-            text += f"{_mean_sd(small)}, {sizes[-1]} {_mean_sd(large)}" if small and large else "diverged"
-            if len(small) > 1 and len(large) > 1:
+            text = f"- **Micro-batch sweep, {name}**: micro-batch {sizes[0]} {_mean_sd(small) if small else 'diverged'}"
+            if len(sizes) > 1:
+                text += f", {sizes[-1]} {_mean_sd(large) if large else 'diverged'}"
+            if len(sizes) > 1 and len(small) > 1 and len(large) > 1:
                 r = compare({str(sizes[0]): small, str(sizes[-1]): large}, alpha)[0]
                 text += f"; difference {r['difference']:+.2f} points (Welch p = {r['p']:.2g}, real if p < {alpha})"
             means = [statistics.fmean(by_size[s]) for s in sizes if by_size[s]]

@@ -40,3 +40,21 @@ def test_colab_cell_without_model_py_or_repo_url_says_what_to_do(tmp_path, monke
     monkeypatch.chdir(tmp_path)  # an empty folder: no model.py beside the notebook
     with pytest.raises(RuntimeError, match="model.py and utils.py are not beside this notebook. Set REPO_URL"):
         exec(setup, {})
+
+
+def test_readme_tables_equal_what_the_committed_histories_give():
+    """Every results table in the README is recomputed here from the committed JSON of the same execution."""
+    import utils
+
+    readme = (ROOT / "README.md").read_text()
+    images = ROOT / "images"
+    tables = {"history.json": [utils.seed_table, utils.comparison_table], "micro_batch_sweep.json": [utils.sweep_table],
+              "regularizer_report.json": [utils.regularizer_table]}
+    checked = 0
+    for name, make_tables in tables.items():
+        if (images / name).exists():  # all three once the full-size execution is committed
+            for make_table in make_tables:
+                table = make_table(utils.load_histories(images / name))
+                assert table in readme, f"README lacks this table from images/{name}:\n{table}"
+                checked += 1
+    assert checked >= 2
