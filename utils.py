@@ -701,17 +701,19 @@ def plot_micro_batch_sweep(histories, path=None, note=None):
     """
     points, failed = _sweep_points(histories)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, by_size in points.items():
+    for i, (name, by_size) in enumerate(points.items()):
         sizes = [s for s in sorted(by_size) if by_size[s]]
         errors = [summarize([100 - acc for acc in by_size[s]]) for s in sizes]
-        line = ax.errorbar(sizes, [e["mean"] for e in errors], capsize=3, marker="o", markersize=4, label=name,
-                           yerr=[0 if e["n"] == 1 else e["std"] for e in errors])
+        if sizes:
+            ax.errorbar(sizes, [e["mean"] for e in errors], yerr=[0 if e["n"] == 1 else e["std"] for e in errors],
+                        color=f"C{i}", capsize=3, marker="o", markersize=4, label=name)
         lost = [s for s in sorted(by_size) if failed.get((name, s))]
         if lost:
-            ax.plot(lost, [0.97] * len(lost), "x", color=line[0].get_color(), markersize=9,
-                    transform=ax.get_xaxis_transform(), label=f"{name}: diverged")
+            ax.plot(lost, [0.97] * len(lost), "x", color=f"C{i}", markersize=9, transform=ax.get_xaxis_transform(),
+                    label=f"{name}: diverged")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    if any(any(by_size.values()) for by_size in points.values()):  # nothing to log-scale when every run diverged
+        ax.set_yscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set(xlabel="micro-batch size (samples per forward pass; optimizer batch fixed)",
            ylabel="final test error (%)", title="Micro-batch sensitivity (same steps, same samples)")

@@ -179,3 +179,9 @@ def test_findings_are_computed_from_the_histories():
             f"(Welch p = {bn_p:.2g}, real if p < 0.05)") in text
     assert "**Regularizers** (final test accuracy): BN 99.51% +- 0.02, BN + L1 99.52% +- 0.02, BN + L2 99.50% +- 0.10" \
         in text
+
+
+def test_micro_batch_plot_of_only_diverged_runs_still_draws():
+    fig = utils.plot_micro_batch_sweep([sweep_history("BN", 8, 9.8), sweep_history("GN", 64, 11.2)])
+    assert [line.get_label() for line in fig.axes[0].lines] == ["BN: diverged", "GN: diverged"]
+    utils.plt.close(fig)
