@@ -89,22 +89,22 @@ def main():
 
     device = utils.get_device()
     data = utils.load_mnist(args.data, device)
-    print(f"{time.strftime('%Y-%m-%d')}: {utils.device_name(device)}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"Net({args.norm!r}), batch {args.batch_size}, "
-          f"{args.epochs} epochs each, test pass after every epoch\n")
+    print(f"{time.strftime('%Y-%m-%d')}: {utils.device_name(device)}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, Net({args.norm!r}), batch {args.batch_size}, {args.epochs} epochs each, "
+          f"test pass after every epoch\n")
     results = {path: run(path, data, args, device) for path in ("classic", "on-device")}
-    epochs_per_minute = {path: 60 * len(seconds) / sum(seconds) for path, (seconds, _) in results.items()}
-    wall, accuracies = parallel_runs(args, device)
-    epochs_per_minute["parallel"] = 60 * args.parallel * args.epochs / wall
-    print(f"| training loop | seconds per epoch (each epoch) | epochs per minute | vs classic | vs on-device "
-          f"| test accuracy after last epoch |")
+    wall, parallel_accuracies = parallel_runs(args, device)
+    rows = {path: (", ".join(f"{s:.2f}" for s in seconds), 60 * len(seconds) / sum(seconds), [accuracy])
+            for path, (seconds, accuracy) in results.items()}
+    rows[f"parallel ({args.parallel} runs at once)"] = (f"{wall:.1f} s wall for {args.parallel} x {args.epochs}",
+                                                         60 * args.parallel * args.epochs / wall, parallel_accuracies)
+    classic, on_device = rows["classic"][1], rows["on-device"][1]
+    print("| training loop | seconds per epoch (each epoch) | epochs per minute | vs classic | vs on-device "
+          "| test accuracy after last epoch |")
     print("| --- | --- | --- | --- | --- | --- |")
-    rows = {path: (", ".join(f"{s:.2f}" for s in seconds), [accuracy]) for path, (seconds, accuracy) in results.items()}
-    rows[f"parallel ({args.parallel} runs at once)"] = (f"{wall:.1f} s wall for {args.parallel} x {args.epochs}", accuracies)
-    for (path, (each, accuracy)), rate in zip(rows.items(), epochs_per_minute.values()):
-        print(f"| {path} | {each} | {rate:.2f} | {rate / epochs_per_minute['classic']:.2f}x "
-              f"| {rate / epochs_per_minute['on-device']:.2f}x | {', '.join(f'{a:.2f}%' for a in accuracy)} |")
-
+    for path, (each, rate, accuracies) in rows.items():
+        print(f"| {path} | {each} | {rate:.2f} | {rate / classic:.2f}x | {rate / on_device:.2f}x "
+              f"| {', '.join(f'{a:.2f}%' for a in accuracies)} |")
 
 if __name__ == "__main__":
     main()

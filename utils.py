@@ -315,8 +315,8 @@ def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seed=1, device
         raise ValueError(f"micro_batch_size must be between 1 and batch_size {batch_size}, got {micro_batch_size}")
     scheduler = make_scheduler(optimizer, max_lr, epochs * steps)
     history = {"name": config["name"], "config": config, "seed": seed, "batch_size": batch_size,
-               "micro_batch_size": micro_batch_size or batch_size, "max_lr": max_lr, "params": count_parameters(model), "epoch": [], "lr": [], "seconds": [],
-               "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
+               "micro_batch_size": micro_batch_size or batch_size, "max_lr": max_lr, "params": count_parameters(model),
+               "epoch": [], "lr": [], "seconds": [], "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         with tqdm(total=steps, desc=f"{config['name']:>8} epoch {epoch:2d}/{epochs}", file=sys.stdout,
