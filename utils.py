@@ -139,6 +139,9 @@ def batches(images, labels, batch_size, shuffle=False, drop_last=False):
 
 # ---------------------------------------------------------------- notebook parameters
 
+FROM_ENVIRONMENT = {}  # the parameters from_env took from the environment, so that a run can say it was not the default
+
+
 def from_env(name, default):
     """The parameter `name` from the environment when set there, parsed like `default` (int, float, bool, str, or a
     list of ints written "2,4,8"), else `default`; a value that does not parse is an error naming the parameter."""
@@ -149,14 +152,17 @@ def from_env(name, default):
         if isinstance(default, bool):
             if text.lower() not in ("0", "1", "true", "false"):
                 raise ValueError("not a truth value")
-            return text.lower() in ("1", "true")
-        if isinstance(default, list):
-            return [int(part) for part in text.split(",")]
-        return type(default)(text)
+            value = text.lower() in ("1", "true")
+        elif isinstance(default, list):
+            value = [int(part) for part in text.split(",")]
+        else:
+            value = type(default)(text)
     except ValueError:
         kind = {bool: "0, 1, true or false", list: "comma-separated whole numbers", int: "a whole number",
                 float: "a number"}.get(type(default), "a value")
         raise ValueError(f"environment variable {name}={text!r} is not {kind}") from None
+    FROM_ENVIRONMENT[name] = value
+    return value
 
 
 def _whole(low, high=math.inf):

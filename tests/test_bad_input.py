@@ -83,9 +83,12 @@ def test_parameters_that_only_clash_with_each_other_are_caught():
 
 @pytest.mark.parametrize("text, default, value", [("3", 20, 3), ("2,8", [1], [2, 8]), ("1", False, True),
                                                   ("false", True, False), ("0.2", 0.1, 0.2), ("out", "images", "out")])
-def test_environment_values_are_parsed_like_the_default(monkeypatch, text, default, value):
+def test_environment_values_are_parsed_like_the_default_and_recorded(monkeypatch, text, default, value):
     monkeypatch.setenv("SOME_PARAMETER", text)
+    monkeypatch.setattr(utils, "FROM_ENVIRONMENT", {})
     assert utils.from_env("SOME_PARAMETER", default) == value
+    assert utils.from_env("UNSET_PARAMETER", default) == default
+    assert utils.FROM_ENVIRONMENT == {"SOME_PARAMETER": value}  # what a run prints as "not the defaults"
 
 
 @pytest.mark.parametrize("text, default, kind", [("abc", 20, "a whole number"), ("2,x", [1], "comma-separated"),
