@@ -4,6 +4,7 @@ The whole dataset lives on the training device as tensors and is augmented there
 never waiting for a CPU data pipeline.
 """
 import ast
+import copy
 import functools
 import hashlib
 import inspect
@@ -181,7 +182,13 @@ PARAMETER_RULES = {  # name: (check, what is allowed)
     "DROPOUT": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number from 0 up to (not including) 1"),
     "SWEEP_MICRO_BATCHES": (lambda v: isinstance(v, list) and len(v) > 0 and all(_whole(1)[0](b) for b in v),
                             "a non-empty list of whole numbers from 1 to BATCH_SIZE"),
-    "SWEEP_TRAIN_SIZE": _whole(1, 60_000), "SWEEP_EPOCHS": _whole(1), "SWEEP_SEEDS": _whole(1), "WORKERS": _whole(0),
+    "SWEEP_TRAIN_SIZE": _whole(1, 60_000), "SWEEP_EPOCHS": _whole(1), "SWEEP_SEEDS": _whole(1),
+    "LR_TEST_SEEDS": _whole(1), "LR_TEST_TRAIN_SIZE": _whole(1, 60_000),
+    "LR_TEST_MIN": (lambda v: isinstance(v, (int, float)) and 0 < v < math.inf, "a number above 0"),
+    "LR_TEST_MAX": (lambda v: isinstance(v, (int, float)) and 0 < v < math.inf, "a number above 0"),
+    "GROUP_COUNTS": (lambda v: isinstance(v, list) and len(v) > 0 and all(g in (1, 2, 4, 8) for g in v),
+                     f"a non-empty list of 1, 2, 4 and 8 (a group count must divide every layer width {Net.WIDTHS})"),
+    "GROUP_EPOCHS": _whole(1), "GROUP_SEEDS": _whole(1), "GROUP_TRAIN_SIZE": _whole(1, 60_000), "WORKERS": _whole(0),
     "RETRAIN": (lambda v: isinstance(v, bool), "True or False"),
     "RUNS_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),
     "DATA_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),
@@ -203,9 +210,13 @@ def check_parameters(params):
     if max(params["SWEEP_MICRO_BATCHES"]) > params["BATCH_SIZE"]:
         raise ValueError(f"parameter SWEEP_MICRO_BATCHES = {params['SWEEP_MICRO_BATCHES']!r} is not allowed: a "
                          f"micro-batch cannot exceed BATCH_SIZE = {params['BATCH_SIZE']}")
-    if params["SWEEP_TRAIN_SIZE"] < params["BATCH_SIZE"]:
-        raise ValueError(f"parameter SWEEP_TRAIN_SIZE = {params['SWEEP_TRAIN_SIZE']!r} is not allowed: it must hold "
-                         f"at least one batch of BATCH_SIZE = {params['BATCH_SIZE']} images")
+    for name in ("SWEEP_TRAIN_SIZE", "LR_TEST_TRAIN_SIZE", "GROUP_TRAIN_SIZE"):
+        if params[name] < params["BATCH_SIZE"]:
+            raise ValueError(f"parameter {name} = {params[name]!r} is not allowed: it must hold at least one batch "
+                             f"of BATCH_SIZE = {params['BATCH_SIZE']} images")
+    if params["LR_TEST_MIN"] >= params["LR_TEST_MAX"]:
+        raise ValueError(f"parameter LR_TEST_MIN = {params['LR_TEST_MIN']!r} is not allowed: the range test raises "
+                         f"the learning rate, so it must be below LR_TEST_MAX = {params['LR_TEST_MAX']!r}")
 
 
 # ---------------------------------------------------------------- regularizers, optimizer
@@ -367,22 +378,24 @@ def _without_docstrings(source):
     return ast.dump(tree)
 
 
-def training_code_version():
-    """A hash of the code that decides a run's numbers: model.py, the training and test functions, the data constants.
+@functools.cache  # once per process: an edit of utils.py while runs train must not change their keys midway
+def training_code_version(*extra_code):
+    """A hash of the code that decides a run's numbers: model.py, the training and test functions, the data constants,
+    and the functions `extra_code` of an experiment that trains its own way (the learning-rate range test).
 
     Part of every run's key, so a stored run is never reused after that code changes; editing a docstring,
     a comment, a plot or a table leaves it alone.
     """
     import model as model_module
-    sources = [inspect.getsource(model_module)] + [inspect.getsource(f) for f in TRAINING_CODE]
+    sources = [inspect.getsource(model_module)] + [inspect.getsource(f) for f in TRAINING_CODE + extra_code]
     text = "\n".join(map(_without_docstrings, sources)) + repr((MNIST_MEAN, MNIST_STD))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_key(spec):
+def run_key(spec, extra_code=()):
     """The store key of a run: a hash of its spec (without the display name) and of the training code."""
     identity = {k: v for k, v in spec.items() if k != "name"}
-    identity["code"] = training_code_version()
+    identity["code"] = training_code_version(*extra_code)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -585,6 +598,22 @@ def welch_test(a, b):
     return difference, t, df, 2 * float(stats.t.sf(abs(t), df))
 
 
+def paired_test(a, b):
+    """Paired t-test of the differences a[i] - b[i] (run i of each side shares its seed): (mean difference, t, df,
+    two-sided p).
+
+    More powerful than Welch's test when runs of the same seed are alike, because the seed-to-seed variation both
+    sides share cancels in the differences. NaN statistics with fewer than two pairs or differences without spread.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired_test needs one value per seed on each side, got {len(a)} and {len(b)} values")
+    d = summarize([x - y for x, y in zip(a, b)])
+    if d["n"] < 2 or d["std"] == 0:
+        return d["mean"], math.nan, math.nan, math.nan
+    t = d["mean"] / (d["std"] / math.sqrt(d["n"]))
+    return d["mean"], t, d["n"] - 1, 2 * float(stats.t.sf(abs(t), d["n"] - 1))
+
+
 def final_and_best(history, key="test_acc"):
     """The last epoch's value and the best epoch's value of `key` (best picked after the fact, so optimistic)."""
     return history[key][-1], max(history[key])
@@ -616,8 +645,9 @@ def seed_table(histories):
     return "\n".join(rows)
 
 
-def compare(groups, alpha=0.05):
-    """Every pair of {name: [values]}: Welch's test, and whether the difference is real at Bonferroni's threshold.
+def compare(groups, alpha=0.05, test=welch_test):
+    """Every pair of {name: [values]}: `test` (Welch's, or paired_test for lists in the same seed order), and whether
+    the difference is real at Bonferroni's threshold.
 
     Returns a list of dicts with a, b, difference (mean a - mean b), t, df, p, threshold = alpha / number of pairs,
     and verdict: "real" (p < threshold), "noise" (within the seed-to-seed noise) or "untestable" (too few seeds).
@@ -627,7 +657,7 @@ def compare(groups, alpha=0.05):
     threshold = alpha / max(1, len(pairs))
     results = []
     for a, b in pairs:
-        difference, t, df, p = welch_test(groups[a], groups[b])
+        difference, t, df, p = test(groups[a], groups[b])
         verdict = "untestable" if math.isnan(p) else "real" if p < threshold else "noise"
         results.append({"a": a, "b": b, "difference": difference, "t": t, "df": df, "p": p,
                         "threshold": threshold, "verdict": verdict})
@@ -639,19 +669,39 @@ def final_test_accuracies(histories):
     return {name: [h["test_acc"][-1] for h in runs] for name, runs in by_name(histories).items()}
 
 
+def paired_by_seed(histories, key="test_acc"):
+    """{name: [final `key` per seed]} over the seeds every configuration has, in seed order: the paired test's input."""
+    by_seed = {name: {h["seed"]: h[key][-1] for h in runs} for name, runs in by_name(histories).items()}
+    common = sorted(set.intersection(*(set(values) for values in by_seed.values()))) if by_seed else []
+    return {name: [values[seed] for seed in common] for name, values in by_seed.items()}
+
+
+def per_seed_table(histories):
+    """Markdown: final test accuracy of every run, a row per seed and a column per configuration (the pairs)."""
+    paired = paired_by_seed(histories)
+    seeds = sorted({h["seed"] for h in histories if all(h["seed"] in {r["seed"] for r in runs}
+                                                         for runs in by_name(histories).values())})
+    rows = ["| seed | " + " | ".join(paired) + " |", "|" + " --- |" * (len(paired) + 1)]
+    for i, seed in enumerate(seeds):
+        rows.append(f"| {seed} | " + " | ".join(f"{values[i]:.2f}%" for values in paired.values()) + " |")
+    return "\n".join(rows)
+
+
 def comparison_table(histories, alpha=0.05):
-    """Markdown: every pair of configurations, final test accuracy compared with Welch's t-test.
+    """Markdown: every pair of configurations, final test accuracy compared with Welch's t-test and, over the seeds
+    both have, with the paired t-test on the per-seed differences.
 
     A difference is called real only when p < alpha / (number of pairs) (Bonferroni), otherwise it is
     within the seed-to-seed noise.
     """
     results = compare(final_test_accuracies(histories), alpha)
+    paired = compare(paired_by_seed(histories), alpha, paired_test)
     threshold = results[0]["threshold"] if results else alpha
-    rows = [f"| comparison (final test acc) | difference | Welch t | df | p | verdict (real if p < {threshold:.3g}) |",
-            "| --- | --- | --- | --- | --- | --- |"]
-    for r in results:
+    rows = [f"| comparison (final test acc) | difference | Welch t | df | p | verdict (real if p < {threshold:.3g}) "
+            "| paired t | df | p | verdict, paired |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r, q in zip(results, paired):
         rows.append(f"| {r['a']} vs {r['b']} | {r['difference']:+.3f} points | {r['t']:.2f} | {r['df']:.1f} "
-                    f"| {r['p']:.3g} | {_verdict(r)} |")
+                    f"| {r['p']:.3g} | {_verdict(r)} | {q['t']:.2f} | {q['df']:.0f} | {q['p']:.3g} | {_verdict(q)} |")
     return "\n".join(rows)
 
 
@@ -728,6 +778,299 @@ def plot_micro_batch_sweep(histories, path=None, note=None):
     return _finish(fig, path, note)
 
 
+# ---------------------------------------------------------------- what the normalizations do
+
+NORM_LAYERS = (nn.BatchNorm2d, nn.GroupNorm)
+
+
+def build_model(norm="bn", groups=4, dropout=0.05):
+    """Net(norm, groups, dropout); norm="none" gives the same net with every normalization layer replaced by the
+    identity: the unnormalized reference of the learning-rate range test.
+
+    Normalization layers draw no random numbers when built, so every variant starts from the same conv weights
+    for the same seed.
+    """
+    if norm != "none":
+        return Net(norm, groups, dropout)
+    model = Net("bn", groups, dropout)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, NORM_LAYERS):
+                setattr(parent, name, nn.Identity())
+    return model
+
+
+def exponential_lr(lr_min, lr_max, steps):
+    """The learning rate of step k = 0 .. steps - 1: from lr_min to lr_max by a constant factor per step."""
+    return lambda k: lr_min * (lr_max / lr_min) ** (k / max(1, steps - 1))
+
+
+def smoothed(values, beta=0.9):
+    """Bias-corrected exponential moving average of `values` (about the last 1 / (1 - beta) values weigh)."""
+    average, out = 0.0, []
+    for i, value in enumerate(values, 1):
+        average = beta * average + (1 - beta) * value
+        out.append(average / (1 - beta ** i))
+    return out
+
+
+def divergence_step(losses, give_back=0.5, min_improvement=0.1):
+    """The first step at which the smoothed loss is not finite or has given back more than `give_back` of its best
+    improvement on the starting loss (once that improvement was at least `min_improvement` of the start), or None.
+
+    A relative rule, because a net can blow up from a loss of 0.3 as well as from 1.2, while its loss cannot climb
+    far above chance (ln 10) once it predicts uniformly.
+    """
+    values = smoothed(losses)
+    lowest = math.inf
+    for step, loss in enumerate(values):
+        if not math.isfinite(loss):
+            return step
+        lowest = min(lowest, loss)
+        improvement = values[0] - lowest
+        if improvement >= min_improvement * values[0] and loss > lowest + give_back * improvement:
+            return step
+    return None
+
+
+def lr_range_test(spec, data):
+    """Train `build_model(**spec["model"])` for at most one epoch of spec["train_size"] images with the learning rate
+    raised exponentially from spec["lr_min"] to spec["lr_max"]; returns {"lr": [...], "loss": [...]} per step.
+
+    Same optimizer (SGD, Nesterov momentum), augmentation and one training loop as the study, no penalty; the loss
+    is each batch's, before its step. The whole epoch runs (the curve after divergence shows whether the net
+    recovers or collapses to chance) unless the loss stops being a number.
+    """
+    (train_x, train_y), _ = data
+    train_x, train_y = train_x[:spec["train_size"]], train_y[:spec["train_size"]]
+    set_seed(spec["seed"])
+    model = build_model(**spec["model"]).to(train_x.device)
+    steps = len(train_x) // spec["batch_size"]
+    optimizer = make_optimizer(model, spec["lr_min"])
+    lr_at = exponential_lr(spec["lr_min"], spec["lr_max"], steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_at(k) / spec["lr_min"])
+    curve = {"lr": [], "loss": []}
+    for batch in batches(train_x, train_y, spec["batch_size"], shuffle=True, drop_last=True):
+        curve["lr"].append(optimizer.param_groups[0]["lr"])
+        curve["loss"].append(train_epoch(model, optimizer, scheduler, [batch])[0])
+        if not math.isfinite(curve["loss"][-1]):
+            break
+    return curve
+
+
+LR_RANGE_CODE = (build_model, exponential_lr, lr_range_test)  # what decides a range test's curve
+
+
+def lr_range_spec(config, seed, batch_size=128, lr_min=1e-3, lr_max=100.0, train_size=60_000, device="cpu"):
+    """What sets a learning-rate range test's result, as a JSON-ready dict (its run store key, with LR_RANGE_CODE)."""
+    return {"kind": "lr_range_test", "name": config["name"], "model": dict(config["model"]), "seed": seed,
+            "batch_size": batch_size, "lr_min": float(lr_min), "lr_max": float(lr_max), "train_size": train_size,
+            "device": torch.device(device).type}
+
+
+def lr_range_or_load(specs, store, data, retrain=False):
+    """The curve of every range test in `specs`, loaded from the run store or run here and stored (one JSON each).
+
+    Each curve is {"name", "seed", "lr", "loss", "trained_on"}; a line per test says what was loaded or run.
+    """
+    curves = []
+    for spec in specs:
+        path = Path(store) / f"{run_key(spec, LR_RANGE_CODE)}.json"
+        entry = None
+        if path.exists() and not retrain:
+            try:
+                entry = json.loads(path.read_text())
+                how = f"loaded from the store (run {entry['trained_at']} on {entry['trained_on']})"
+            except (ValueError, KeyError) as error:
+                print(f"run store: entry {path} is unreadable ({type(error).__name__}: {error}); running it again")
+                entry = None
+        if entry is None:
+            start = time.perf_counter()
+            curve = lr_range_test(spec, data)
+            entry = {"key": path.stem, "spec": spec, "code_version": training_code_version(*LR_RANGE_CODE),
+                     "trained_on": device_name(spec["device"]), "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "seconds": time.perf_counter() - start, "torch": torch.__version__, "curve": curve}
+            Path(store).mkdir(parents=True, exist_ok=True)
+            _write_atomically(path, json.dumps(entry, indent=1).encode())
+            how = f"run now, {entry['seconds']:.0f} s"
+        curve = entry["curve"]
+        step = divergence_step(curve["loss"])
+        where = f"diverged at lr {curve['lr'][step]:.3g}" if step is not None else "did not diverge"
+        print(f"{spec['name']:>14} seed {spec['seed']}: {len(curve['loss'])} steps, {where} | {how}", flush=True)
+        curves.append({"name": spec["name"], "seed": spec["seed"], **curve,
+                       "trained_on": f"{entry['trained_on']}, torch {entry['torch']}"})
+    return curves
+
+
+def divergence_table(curves):
+    """Markdown: per network (median over seeds), the lowest smoothed loss and its learning rate, and the learning
+    rate at which the loss diverged, also per seed."""
+    rows = ["| network | seeds | lowest smoothed loss | at lr | diverged at lr | each seed |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name, runs in by_name(curves).items():
+        values = [smoothed(c["loss"]) for c in runs]
+        lowest = [min(v) for v in values]
+        best = [c["lr"][v.index(min(v))] for c, v in zip(runs, values)]
+        at = [c["lr"][s] if s is not None else math.inf for c, s in ((c, divergence_step(c["loss"])) for c in runs)]
+        if all(low > 0.9 * math.log(10) for low in lowest):
+            verdict = "never learned"
+        else:
+            verdict = f"{statistics.median(at):.3g}" if math.isfinite(statistics.median(at)) else "not in the range"
+        rows.append(f"| {name} | {len(runs)} | {statistics.median(lowest):.2f} | {statistics.median(best):.3g} "
+                    f"| {verdict} | {', '.join(f'{lr:.3g}' if math.isfinite(lr) else '-' for lr in at)} |")
+    return "\n".join(rows)
+
+
+def plot_lr_range(curves, path=None, note=None):
+    """Smoothed training loss against the learning rate (log-log), a line per run, one colour per network; an x where
+    a run diverged."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, runs) in enumerate(by_name(curves).items()):
+        for j, c in enumerate(runs):
+            loss = smoothed(c["loss"])
+            ax.plot(c["lr"], loss, color=f"C{i}", linewidth=1, alpha=0.8, label=name if j == 0 else None)
+            step = divergence_step(c["loss"])
+            if step is not None and math.isfinite(loss[step]):
+                ax.plot(c["lr"][step], min(loss[step], 10), "x", color=f"C{i}", markersize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(top=10)
+    ax.set(xlabel="learning rate (raised exponentially over one epoch)", ylabel="training loss (smoothed, nats)",
+           title="Learning-rate range test (x: diverged)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _finish(fig, path, note)
+
+
+def _standardize(layer, x):
+    """What the normalization `layer` computes from its input `x` before its learned scale and shift (batch
+    statistics for BN, as in training)."""
+    if isinstance(layer, nn.BatchNorm2d):
+        return F.batch_norm(x, None, None, training=True, eps=layer.eps)
+    return F.group_norm(x, layer.num_groups, eps=layer.eps)
+
+
+@torch.no_grad()
+def activation_statistics(model, images):
+    """Per normalization layer, in order: each channel's mean and sd over the images and pixels (N, H, W) of the
+    layer's input and of its normalized output before the learned scale and shift.
+
+    Forward hooks on a copy of the model in training mode (BN with batch statistics, its running averages left
+    alone) with dropout off. Returns [{"channels", "before_mean", "before_sd", "after_mean", "after_sd"}, ...].
+    """
+    model = copy.deepcopy(model).train()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.eval()
+    found = []
+
+    def record(layer, inputs, output):
+        x = inputs[0]
+        z = _standardize(layer, x)
+        found.append({"channels": x.shape[1],
+                      "before_mean": x.mean((0, 2, 3)).tolist(), "before_sd": x.std((0, 2, 3), correction=0).tolist(),
+                      "after_mean": z.mean((0, 2, 3)).tolist(), "after_sd": z.std((0, 2, 3), correction=0).tolist()})
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, NORM_LAYERS)]
+    try:
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
+def _spread(values):
+    return f"{min(values):.2f} to {max(values):.2f}"
+
+
+def activation_table(activations):
+    """Markdown view of [{"name", "weights", "layers": activation_statistics(...)}, ...]: over all channels of all
+    normalized layers, the range of the per-channel mean and sd before and after the normalization."""
+    rows = ["| network | weights | channel means before | channel sds before | channel means after "
+            "| channel sds after |", "| --- | --- | --- | --- | --- | --- |"]
+    for run in activations:
+        pooled = {key: [v for layer in run["layers"] for v in layer[key]]
+                  for key in ("before_mean", "before_sd", "after_mean", "after_sd")}
+        rows.append(f"| {run['name']} | {run['weights']} | {_spread(pooled['before_mean'])} "
+                    f"| {_spread(pooled['before_sd'])} | {_spread(pooled['after_mean'])} "
+                    f"| {_spread(pooled['after_sd'])} |")
+    return "\n".join(rows)
+
+
+def plot_activation_statistics(activations, path=None, note=None):
+    """Each channel's (mean, sd) before (top row) and after (bottom row) the normalization, one column per network,
+    one colour per layer; o: trained weights, +: at initialization."""
+    names = list(dict.fromkeys(run["name"] for run in activations))
+    fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 7), sharex="row", sharey="row", squeeze=False)
+    for run in activations:
+        column, trained = names.index(run["name"]), run["weights"] == "trained"
+        for row, side in enumerate(("before", "after")):
+            for i, layer in enumerate(run["layers"]):
+                axes[row, column].scatter(layer[f"{side}_mean"], layer[f"{side}_sd"], s=14, alpha=0.75,
+                                          color=plt.cm.viridis(i / max(1, len(run["layers"]) - 1)),
+                                          marker="o" if trained else "+", label=f"layer {i + 1}" if trained else None)
+    for column, name in enumerate(names):
+        axes[0, column].set_title(f"{name}: before normalization")
+        axes[1, column].set_title(f"{name}: after (before scale and shift)")
+        for ax in axes[:, column]:
+            ax.set(xlabel="channel mean over (N, H, W)")
+            ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("channel sd over (N, H, W)")
+    axes[0, -1].legend(fontsize=7, title="o trained, + at init", title_fontsize=7)
+    return _finish(fig, path, note)
+
+
+def _group_count(history):
+    return history["config"]["model"]["groups"]
+
+
+def group_table(histories, study_groups):
+    """Markdown: final test accuracy per GroupNorm group count, and the paired difference from `study_groups`."""
+    by_groups = {}
+    for h in histories:
+        by_groups.setdefault(_group_count(h), {})[h["seed"]] = h["test_acc"][-1]
+    reference = by_groups.get(study_groups, {})
+    rows = [f"| groups | channels per group (8- / 16-channel layers) | seeds | final test acc | paired difference "
+            f"from {study_groups} groups (p) |", "| --- | --- | --- | --- | --- |"]
+    for groups in sorted(by_groups):
+        accs = by_groups[groups]
+        seeds = sorted(set(accs) & set(reference))
+        cell = "the study's GN" if groups == study_groups else "-"
+        if groups != study_groups and len(seeds) > 1:
+            d, _, _, p = paired_test([accs[s] for s in seeds], [reference[s] for s in seeds])
+            cell = f"{d:+.2f} points (p = {p:.2g})"
+        rows.append(f"| {groups}{' (= LN)' if groups == 1 else ''} | {8 // groups} / {16 // groups} | {len(accs)} "
+                    f"| {_mean_sd(list(accs.values()))} | {cell} |")
+    return "\n".join(rows)
+
+
+def plot_group_sweep(histories, study_groups, path=None, note=None):
+    """Final test accuracy against the GroupNorm group count: the mean over seeds, a thin line per seed (paired
+    across group counts), the study's group count marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    per_seed = {}
+    for h in histories:
+        per_seed.setdefault(h["seed"], {})[_group_count(h)] = h["test_acc"][-1]
+    counts = sorted({_group_count(h) for h in histories})
+    for seed, accs in sorted(per_seed.items()):
+        xs = [g for g in counts if g in accs]
+        ax.plot(xs, [accs[g] for g in xs], color="C2", linewidth=0.8, alpha=0.45, marker=".",
+                label="each seed" if seed == min(per_seed) else None)
+    means = [statistics.fmean(accs[g] for accs in per_seed.values() if g in accs) for g in counts]
+    ax.plot(counts, means, color="C2", marker="o", linewidth=2, label="mean over seeds")
+    ax.axvline(study_groups, color="0.5", linestyle="--", linewidth=1, label=f"the study's GN ({study_groups} groups)")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xticks(counts)
+    ax.set(xlabel="GroupNorm groups (1 = LayerNorm; 8 = one channel per group in 8-channel layers)",
+           ylabel="final test accuracy (%)", title=f"GroupNorm group count ({histories[0]['epoch'][-1]} epochs)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _finish(fig, path, note)
+
+
 # ---------------------------------------------------------------- what the regularizers did
 
 def near_zero_fraction(model, relative=0.01):
@@ -790,25 +1133,41 @@ def plot_weight_histograms(models, path=None, note=None):
 
 # ---------------------------------------------------------------- findings
 
-def _pair_sentence(result, unit="points"):
+def _pair_sentence(result, paired=None, unit="points"):
     words = {"real": "a real difference", "noise": "within seed noise",
-             "untestable": "untestable with these seeds"}[result["verdict"]]
-    return (f"{result['a']} vs {result['b']}: {result['difference']:+.2f} {unit} (Welch p = {result['p']:.2g}), "
-            f"{words}")
+             "untestable": "untestable with these seeds"}
+    text = f"{result['a']} vs {result['b']}: {result['difference']:+.2f} {unit} (Welch p = {result['p']:.2g}"
+    if paired is None:
+        return text + f"), {words[result['verdict']]}"
+    return (text + f", paired p = {paired['p']:.2g}), {words[result['verdict']]}"
+            + ("" if paired["verdict"] == result["verdict"] else f" by Welch, {words[paired['verdict']]} paired"))
 
 
-def findings(histories, reg_histories=(), sweep=(), report=None, alpha=0.05):
+def _range_sentence(name, curves):
+    lowest = [min(smoothed(c["loss"])) for c in curves]
+    steps = [divergence_step(c["loss"]) for c in curves]
+    if all(low > 0.9 * math.log(10) for low in lowest):
+        return f"{name} never learned (lowest smoothed loss {statistics.median(lowest):.2f}; chance is ln 10 = 2.30)"
+    at = [c["lr"][s] if s is not None else math.inf for c, s in zip(curves, steps)]
+    return (f"{name} reached a loss of {statistics.median(lowest):.2f} and diverged at lr "
+            f"{statistics.median(at):.3g}")
+
+
+def findings(histories, reg_histories=(), sweep=(), report=None, curves=(), group_histories=(), study_groups=None,
+             activations=(), alpha=0.05):
     """The study's conclusions as Markdown bullets, every number computed from the histories (and the regularizer
-    report): which differences are real and which are within seed noise, what the sweep and the penalties did."""
+    report, the range tests, the group sweep and the activation statistics): which differences are real and which
+    are within seed noise, what the sweep and the penalties did, how much learning rate each normalization takes."""
     lines = []
     finals = final_test_accuracies(histories)
     ranked = sorted(finals, key=lambda name: -statistics.fmean(finals[name]))
     lines.append("- **Main study** (final test accuracy, mean +- sd over seeds): " + ", ".join(
         f"{name} {_mean_sd(finals[name])}" for name in ranked) + ".")
     results = compare(finals, alpha)
+    paired = compare(paired_by_seed(histories), alpha, paired_test)
     if results:
-        lines.append(f"- Pairwise (Welch, real if p < {results[0]['threshold']:.3g}): "
-                     + "; ".join(map(_pair_sentence, results)) + ".")
+        lines.append(f"- Pairwise (Welch and paired by seed, real if p < {results[0]['threshold']:.3g}): "
+                     + "; ".join(map(_pair_sentence, results, paired)) + ".")
     if sweep:
         points, failed = _sweep_points(sweep)
         for name, by_size in points.items():
@@ -832,6 +1191,21 @@ def findings(histories, reg_histories=(), sweep=(), report=None, alpha=0.05):
         lines.append("- **Regularizers** (final test accuracy): " + ", ".join(
             f"{name} {_mean_sd(values)}" for name, values in reg_finals.items()) + "; "
             + "; ".join(map(_pair_sentence, results)) + ".")
+    if curves:
+        lines.append("- **Learning-rate range test** (median over seeds): " + "; ".join(
+            _range_sentence(name, runs) for name, runs in by_name(curves).items()) + ".")
+    if group_histories:
+        by_groups = {}
+        for h in group_histories:
+            by_groups.setdefault(_group_count(h), []).append(h["test_acc"][-1])
+        lines.append(f"- **GroupNorm group count** ({group_histories[0]['epoch'][-1]} epochs, final test accuracy): "
+                     + ", ".join(f"{g} group{'s' * (g > 1)} {_mean_sd(by_groups[g])}" for g in sorted(by_groups))
+                     + f"; the study uses {study_groups}.")
+    if activations:
+        lines.append("- **Activations** (per-channel statistics after the normalization, trained weights): " + "; ".join(
+            f"{run['name']} means {_spread([v for layer in run['layers'] for v in layer['after_mean']])}, sds "
+            f"{_spread([v for layer in run['layers'] for v in layer['after_sd']])}"
+            for run in activations if run["weights"] == "trained") + ".")
     if report:
         lines.append("- Near-zero conv weights (|w| < 1% of the layer's largest): " + ", ".join(
             f"{name} {_mean_sd([100 * f for f in r['near_zero']], '%', 1)}" for name, r in report.items())

@@ -55,8 +55,10 @@ def test_the_real_files_pass_the_check():
 def good_parameters():
     return {"EPOCHS": 20, "SEEDS": 5, "BATCH_SIZE": 128, "MAX_LR": 0.1, "L1_LAMBDA": 5e-5, "L2_LAMBDA": 5e-4,
             "GN_GROUPS": 4, "DROPOUT": 0.05, "SWEEP_MICRO_BATCHES": [2, 128], "SWEEP_TRAIN_SIZE": 60_000,
-            "SWEEP_EPOCHS": 2, "SWEEP_SEEDS": 3, "WORKERS": 0, "RUNS_DIR": "runs", "RETRAIN": False,
-            "DATA_DIR": "data", "OUTPUT_DIR": "images"}
+            "SWEEP_EPOCHS": 2, "SWEEP_SEEDS": 3, "LR_TEST_SEEDS": 3, "LR_TEST_MIN": 1e-3, "LR_TEST_MAX": 100.0,
+            "LR_TEST_TRAIN_SIZE": 60_000, "GROUP_COUNTS": [1, 2, 4, 8], "GROUP_EPOCHS": 5, "GROUP_SEEDS": 5,
+            "GROUP_TRAIN_SIZE": 60_000, "WORKERS": 0, "RUNS_DIR": "runs", "RETRAIN": False, "DATA_DIR": "data",
+            "OUTPUT_DIR": "images"}
 
 
 @pytest.mark.parametrize("name, value, allowed", [
@@ -65,6 +67,8 @@ def good_parameters():
     ("SWEEP_MICRO_BATCHES", [], "non-empty"), ("SWEEP_TRAIN_SIZE", 70_000, "a whole number from 1 to 60,000"),
     ("MAX_LR", 0.0, "a number above 0"), ("DROPOUT", 1.0, "up to (not including) 1"), ("GN_GROUPS", 3, "1, 2, 4 or 8"),
     ("WORKERS", -1, "a whole number from 0"), ("RETRAIN", "yes", "True or False"), ("BATCH_SIZE", True, "whole"),
+    ("GROUP_COUNTS", [1, 3], "a non-empty list of 1, 2, 4 and 8"), ("LR_TEST_MIN", -1e-3, "a number above 0"),
+    ("LR_TEST_SEEDS", 0, "a whole number from 1"), ("GROUP_TRAIN_SIZE", 0, "a whole number from 1 to 60,000"),
 ])
 def test_a_wrong_parameter_is_named_with_its_value_and_what_is_allowed(name, value, allowed):
     params = dict(good_parameters(), **{name: value})
@@ -78,6 +82,10 @@ def test_parameters_that_only_clash_with_each_other_are_caught():
         utils.check_parameters(dict(good_parameters(), SWEEP_MICRO_BATCHES=[2, 256]))
     with pytest.raises(ValueError, match="SWEEP_TRAIN_SIZE = 100 .* at least one batch of BATCH_SIZE = 128"):
         utils.check_parameters(dict(good_parameters(), SWEEP_TRAIN_SIZE=100))
+    with pytest.raises(ValueError, match="LR_TEST_TRAIN_SIZE = 64 .* at least one batch of BATCH_SIZE = 128"):
+        utils.check_parameters(dict(good_parameters(), LR_TEST_TRAIN_SIZE=64))
+    with pytest.raises(ValueError, match="LR_TEST_MIN = 1.0 .* must be below LR_TEST_MAX = 0.5"):
+        utils.check_parameters(dict(good_parameters(), LR_TEST_MIN=1.0, LR_TEST_MAX=0.5))
     utils.check_parameters(good_parameters())
 
 

@@ -19,7 +19,8 @@ def test_committed_notebook_holds_an_executed_run_without_errors():
     code_cells = [c for c in NOTEBOOK["cells"] if c["cell_type"] == "code"]
     assert all(c["execution_count"] for c in code_cells)
     assert not any(o["output_type"] == "error" for o in OUTPUTS)
-    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 8  # 3 graphs, 3 grids, sweep, weights
+    # 3 graphs, 3 grids, sweep, weights, activations, range test, group count
+    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 11
 
 
 def test_outputs_are_text_and_png_only():
@@ -30,7 +31,8 @@ def test_outputs_are_text_and_png_only():
 def test_readme_images_exist():
     readme = (ROOT / "README.md").read_text()
     for name in ("test_loss", "test_accuracy", "train_curves", "misclassified_bn_l1", "misclassified_ln",
-                 "misclassified_gn", "micro_batch_sweep", "weight_histograms"):
+                 "misclassified_gn", "micro_batch_sweep", "weight_histograms", "activation_statistics", "lr_range",
+                 "group_sweep"):
         assert f"images/{name}.png" in readme and (ROOT / "images" / f"{name}.png").stat().st_size > 10_000
 
 
@@ -48,8 +50,10 @@ def test_readme_tables_equal_what_the_committed_histories_give():
 
     readme = (ROOT / "README.md").read_text()
     images = ROOT / "images"
-    tables = {"history.json": [utils.seed_table, utils.comparison_table], "micro_batch_sweep.json": [utils.sweep_table],
-              "regularizer_report.json": [utils.regularizer_table]}
+    tables = {"history.json": [utils.seed_table, utils.comparison_table, utils.per_seed_table],
+              "micro_batch_sweep.json": [utils.sweep_table], "regularizer_report.json": [utils.regularizer_table],
+              "activation_statistics.json": [utils.activation_table], "lr_range.json": [utils.divergence_table],
+              "group_sweep.json": [lambda histories: utils.group_table(histories, study_groups=4)]}
     checked = 0
     for name, make_tables in tables.items():
         if (images / name).exists():  # all three once the full-size execution is committed
