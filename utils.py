@@ -378,7 +378,6 @@ def _without_docstrings(source):
     return ast.dump(tree)
 
 
-@functools.cache  # once per process: an edit of utils.py while runs train must not change their keys midway
 def training_code_version(*extra_code):
     """A hash of the code that decides a run's numbers: model.py, the training and test functions, the data constants,
     and the functions `extra_code` of an experiment that trains its own way (the learning-rate range test).
@@ -386,8 +385,13 @@ def training_code_version(*extra_code):
     Part of every run's key, so a stored run is never reused after that code changes; editing a docstring,
     a comment, a plot or a table leaves it alone.
     """
+    return _code_hash(TRAINING_CODE + extra_code)
+
+
+@functools.cache  # once per process and set of functions: editing utils.py while runs train must not change their keys
+def _code_hash(functions):
     import model as model_module
-    sources = [inspect.getsource(model_module)] + [inspect.getsource(f) for f in TRAINING_CODE + extra_code]
+    sources = [inspect.getsource(model_module)] + [inspect.getsource(f) for f in functions]
     text = "\n".join(map(_without_docstrings, sources)) + repr((MNIST_MEAN, MNIST_STD))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -669,22 +673,39 @@ def final_test_accuracies(histories):
     return {name: [h["test_acc"][-1] for h in runs] for name, runs in by_name(histories).items()}
 
 
+def common_seeds(histories):
+    """The seeds every configuration in `histories` has, in order: the pairs of the paired test."""
+    groups = [{h["seed"] for h in runs} for runs in by_name(histories).values()]
+    return sorted(set.intersection(*groups)) if groups else []
+
+
 def paired_by_seed(histories, key="test_acc"):
-    """{name: [final `key` per seed]} over the seeds every configuration has, in seed order: the paired test's input."""
+    """{name: [final `key` per seed]} over common_seeds, in seed order: the paired test's input."""
+    seeds = common_seeds(histories)
     by_seed = {name: {h["seed"]: h[key][-1] for h in runs} for name, runs in by_name(histories).items()}
-    common = sorted(set.intersection(*(set(values) for values in by_seed.values()))) if by_seed else []
-    return {name: [values[seed] for seed in common] for name, values in by_seed.items()}
+    return {name: [values[seed] for seed in seeds] for name, values in by_seed.items()}
 
 
 def per_seed_table(histories):
     """Markdown: final test accuracy of every run, a row per seed and a column per configuration (the pairs)."""
     paired = paired_by_seed(histories)
-    seeds = sorted({h["seed"] for h in histories if all(h["seed"] in {r["seed"] for r in runs}
-                                                         for runs in by_name(histories).values())})
     rows = ["| seed | " + " | ".join(paired) + " |", "|" + " --- |" * (len(paired) + 1)]
-    for i, seed in enumerate(seeds):
+    for i, seed in enumerate(common_seeds(histories)):
         rows.append(f"| {seed} | " + " | ".join(f"{values[i]:.2f}%" for values in paired.values()) + " |")
     return "\n".join(rows)
+
+
+def plot_per_seed(histories, path=None, note=None):
+    """Final test accuracy of each configuration, a line per seed joining its runs: parallel lines mean the seed moves
+    all configurations alike, which the paired test uses."""
+    paired = paired_by_seed(histories)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, seed in enumerate(common_seeds(histories)):
+        ax.plot(list(paired), [values[i] for values in paired.values()], marker="o", label=f"seed {seed}")
+    ax.set(xlabel="configuration", ylabel="final test accuracy (%)", title="Each seed's runs, paired")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _finish(fig, path, note)
 
 
 def comparison_table(histories, alpha=0.05):

@@ -19,8 +19,8 @@ def test_committed_notebook_holds_an_executed_run_without_errors():
     code_cells = [c for c in NOTEBOOK["cells"] if c["cell_type"] == "code"]
     assert all(c["execution_count"] for c in code_cells)
     assert not any(o["output_type"] == "error" for o in OUTPUTS)
-    # 3 graphs, 3 grids, sweep, weights, activations, range test, group count
-    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 11
+    # 3 graphs, 3 grids, sweep, weights, per-seed pairs, activations, range test, group count
+    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 12
 
 
 def test_outputs_are_text_and_png_only():
@@ -31,7 +31,7 @@ def test_outputs_are_text_and_png_only():
 def test_readme_images_exist():
     readme = (ROOT / "README.md").read_text()
     for name in ("test_loss", "test_accuracy", "train_curves", "misclassified_bn_l1", "misclassified_ln",
-                 "misclassified_gn", "micro_batch_sweep", "weight_histograms", "activation_statistics", "lr_range",
+                 "misclassified_gn", "micro_batch_sweep", "weight_histograms", "per_seed", "activation_statistics", "lr_range",
                  "group_sweep"):
         assert f"images/{name}.png" in readme and (ROOT / "images" / f"{name}.png").stat().st_size > 10_000
 

@@ -169,11 +169,15 @@ def test_findings_are_computed_from_the_histories():
     sweep = [sweep_history("BN", 2, acc, seed) for seed, acc in enumerate([97.0, 97.4], 1)] \
         + [sweep_history("BN", 128, acc, seed) for seed, acc in enumerate([99.0, 99.2], 1)]
     text = utils.findings(main, reg, sweep)
-    welch = {(r["a"], r["b"]): r for r in utils.compare(utils.final_test_accuracies(main))}
+    welch = {(r["a"], r["b"]): r["p"] for r in utils.compare(utils.final_test_accuracies(main))}
+    paired = {(r["a"], r["b"]): r["p"] for r in utils.compare(utils.paired_by_seed(main), test=utils.paired_test)}
+    assert paired["BN + L1", "LN"] == pytest.approx(stats.ttest_rel([99.50, 99.52, 99.54], [99.30, 99.31, 99.33]).pvalue)
     assert text.startswith("- **Main study** (final test accuracy, mean +- sd over seeds): BN + L1 99.52% +- 0.02, "
                            "GN 99.49% +- 0.05, LN 99.31% +- 0.02.")
-    assert f"BN + L1 vs LN: +0.21 points (Welch p = {welch['BN + L1', 'LN']['p']:.2g}), a real difference" in text
-    assert f"BN + L1 vs GN: +0.03 points (Welch p = {welch['BN + L1', 'GN']['p']:.2g}), within seed noise" in text
+    assert (f"BN + L1 vs LN: +0.21 points (Welch p = {welch['BN + L1', 'LN']:.2g}, paired p = "
+            f"{paired['BN + L1', 'LN']:.2g}), a real difference;") in text
+    assert (f"BN + L1 vs GN: +0.03 points (Welch p = {welch['BN + L1', 'GN']:.2g}, paired p = "
+            f"{paired['BN + L1', 'GN']:.2g}), within seed noise;") in text
     bn_p = stats.ttest_ind([97.0, 97.4], [99.0, 99.2], equal_var=False).pvalue
     assert (f"- **Micro-batch sweep, BN**: micro-batch 2 97.20% +- 0.28, 128 99.10% +- 0.14; difference -1.90 points "
             f"(Welch p = {bn_p:.2g}, real if p < 0.05)") in text
@@ -185,3 +189,23 @@ def test_micro_batch_plot_of_only_diverged_runs_still_draws():
     fig = utils.plot_micro_batch_sweep([sweep_history("BN", 8, 9.8), sweep_history("GN", 64, 11.2)])
     assert [line.get_label() for line in fig.axes[0].lines] == ["BN: diverged", "GN: diverged"]
     utils.plt.close(fig)
+
+
+def test_findings_say_what_the_range_tests_the_group_sweep_and_the_activations_showed():
+    lrs = [10 ** (-3 + k / 20) for k in range(100)]  # 1e-3 to about 90
+    curves = [{"name": "BN", "seed": 1, "lr": lrs, "loss": [2.3] * 20 + [0.5] * 40 + [2.3] * 40},
+              {"name": "no norm", "seed": 1, "lr": lrs, "loss": [2.3] * 100}]
+    groups = [dict(fake_history(f"GN {g}", [98.0, acc]), seed=1, config={"model": {"norm": "gn", "groups": g}})
+              for g, acc in ((1, 99.1), (4, 99.3))]
+    activations = [{"name": "LN", "weights": "trained", "layers": [
+        {"channels": 2, "before_mean": [0.0, 1.0], "before_sd": [1.0, 2.0], "after_mean": [-0.4, 0.3],
+         "after_sd": [0.8, 1.1]}]}]
+    text = utils.findings(histories_of("A", [99.5, 99.6]), curves=curves, group_histories=groups, study_groups=4,
+                          activations=activations)
+    at, lowest = lrs[utils.divergence_step(curves[0]["loss"])], min(utils.smoothed(curves[0]["loss"]))
+    assert 0.5 < lowest < 0.55  # the moving average has not quite reached 0.5 after 40 steps
+    assert (f"BN reached a loss of {lowest:.2f} and diverged at lr {at:.3g}; no norm never learned (lowest smoothed "
+            "loss 2.30") in text
+    assert "**GroupNorm group count** (2 epochs, final test accuracy): 1 group 99.10%, 4 groups 99.30%; the study " \
+           "uses 4." in text
+    assert "LN means -0.40 to 0.30, sds 0.80 to 1.10." in text
