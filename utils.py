@@ -1043,6 +1043,10 @@ def plot_activation_statistics(activations, path=None, note=None):
     return _finish(fig, path, note)
 
 
+def _epochs(history):
+    return f"{history['epoch'][-1]} epoch" + "s" * (history["epoch"][-1] != 1)
+
+
 def _group_count(history):
     return history["config"]["model"]["groups"]
 
@@ -1086,7 +1090,7 @@ def plot_group_sweep(histories, study_groups, path=None, note=None):
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xticks(counts)
     ax.set(xlabel="GroupNorm groups (1 = LayerNorm; 8 = one channel per group in 8-channel layers)",
-           ylabel="final test accuracy (%)", title=f"GroupNorm group count ({histories[0]['epoch'][-1]} epochs)")
+           ylabel="final test accuracy (%)", title=f"GroupNorm group count ({_epochs(histories[0])})")
     ax.grid(alpha=0.3)
     ax.legend()
     return _finish(fig, path, note)
@@ -1219,7 +1223,7 @@ def findings(histories, reg_histories=(), sweep=(), report=None, curves=(), grou
         by_groups = {}
         for h in group_histories:
             by_groups.setdefault(_group_count(h), []).append(h["test_acc"][-1])
-        lines.append(f"- **GroupNorm group count** ({group_histories[0]['epoch'][-1]} epochs, final test accuracy): "
+        lines.append(f"- **GroupNorm group count** ({_epochs(group_histories[0])}, final test accuracy): "
                      + ", ".join(f"{g} group{'s' * (g > 1)} {_mean_sd(by_groups[g])}" for g in sorted(by_groups))
                      + f"; the study uses {study_groups}.")
     if activations:
