@@ -7,13 +7,16 @@ All train the same Net with the same optimizer, one-cycle schedule, batch size a
   parallel: independent on-device runs (different seeds) in --parallel worker processes, one thread each, as
             the notebook's utils.train_or_load runs them; throughput is epochs per minute over all workers,
             wall clock including the workers' start and data loading
-Usage: python benchmark.py [--epochs 2] [--norm bn] [--workers 2] [--parallel 2]
+  study mix: the full default study's training time in one process and in parallel workers, estimated from one
+            timed epoch per micro-batch size of the study, weighted by how many epochs the study trains at it
+Usage: python benchmark.py [--epochs 2] [--norm bn] [--workers 2] [--parallel 2] [--mix-images 15360]
 """
 import argparse
 import os
 import tempfile
 import time
 
+import joblib
 import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -74,6 +77,56 @@ def parallel_runs(args, device):
         return time.perf_counter() - start, [h["test_acc"][-1] for _, h in runs]
 
 
+# Epochs per micro-batch size in the notebook's default study: main study and regularizer runs 25 x 20, the group
+# count 20 x 5, the range tests 12 x about 1, and the micro-batch sweep 9 runs x 2 epochs at each size.
+STUDY_EPOCHS = {128: 25 * 20 + 20 * 5 + 12 + 9 * 2, 32: 18, 16: 18, 8: 18, 4: 18, 2: 18}
+
+
+def timed_epoch(micro_batch, seed, images, threads, data_dir, batch_size=128):
+    """Seconds for one training epoch of a BN net on the first `images` training digits, in micro-batches."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = utils.get_device()
+    (x, y), _ = utils.cached_mnist(data_dir, device)
+    x, y = x[:images], y[:images]
+    utils.set_seed(seed)
+    model = Net("bn").to(device)
+    optimizer = utils.make_optimizer(model, 0.1)
+    scheduler = utils.make_scheduler(optimizer, 0.1, images // batch_size)
+    start = time.perf_counter()
+    utils.train_epoch(model, optimizer, scheduler, utils.batches(x, y, batch_size, shuffle=True, drop_last=True),
+                      micro_batch_size=micro_batch)
+    utils.evaluate(model, x[:batch_size], y[:batch_size])  # waits for the device
+    return time.perf_counter() - start
+
+
+def study_mix(args):
+    """The full default study's training time, estimated both ways: per micro-batch size, one epoch on --mix-images
+    digits in this process (all threads) and --parallel epochs at once in as many workers (one thread each),
+    interleaved, scaled to 60,000 digits and weighted by STUDY_EPOCHS. Prints a Markdown table."""
+    scale = 60_000 / args.mix_images
+    one, parallel = {}, {}
+    with joblib.Parallel(n_jobs=args.parallel) as pool:
+        pool(joblib.delayed(timed_epoch)(128, seed, args.batch_size, 1, args.data) for seed in range(args.parallel))
+        for micro_batch in STUDY_EPOCHS:
+            one[micro_batch] = timed_epoch(micro_batch, 1, args.mix_images, None, args.data) * scale
+            start = time.perf_counter()
+            pool(joblib.delayed(timed_epoch)(micro_batch, seed, args.mix_images, 1, args.data)
+                 for seed in range(args.parallel))
+            parallel[micro_batch] = (time.perf_counter() - start) * scale / args.parallel
+    print(f"\nThe default study's epochs by micro-batch, one epoch each way on {args.mix_images:,} digits, scaled to "
+          f"60,000 (this process: {torch.get_num_threads()} threads; parallel: {args.parallel} x 1 thread):\n")
+    print("| micro-batch | epochs in the study | one process: s per epoch | parallel: wall s per epoch | speedup |")
+    print("| --- | --- | --- | --- | --- |")
+    for micro_batch, epochs in STUDY_EPOCHS.items():
+        print(f"| {micro_batch} | {epochs} | {one[micro_batch]:.1f} | {parallel[micro_batch]:.1f} "
+              f"| {one[micro_batch] / parallel[micro_batch]:.2f}x |")
+    total_one = sum(epochs * one[m] for m, epochs in STUDY_EPOCHS.items()) / 3600
+    total_parallel = sum(epochs * parallel[m] for m, epochs in STUDY_EPOCHS.items()) / 3600
+    print(f"| **full default study** | {sum(STUDY_EPOCHS.values())} | {total_one:.2f} h | {total_parallel:.2f} h "
+          f"| **{total_one / total_parallel:.2f}x** |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2)
@@ -85,6 +138,8 @@ def main():
     parser.add_argument("--parallel", type=int, default=os.cpu_count(), help="parallel runs (parallel mode)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", default="data", help="MNIST root folder (MNIST/raw inside)")
+    parser.add_argument("--mix-images", type=int, default=15_360,
+                        help="digits per timed epoch of the study-mix estimate (0: skip it)")
     args = parser.parse_args()
 
     device = utils.get_device()
@@ -105,6 +160,9 @@ def main():
     for path, (each, rate, accuracies) in rows.items():
         print(f"| {path} | {each} | {rate:.2f} | {rate / classic:.2f}x | {rate / on_device:.2f}x "
               f"| {', '.join(f'{a:.2f}%' for a in accuracies)} |")
+    if args.mix_images:
+        study_mix(args)
+
 
 if __name__ == "__main__":
     main()
