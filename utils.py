@@ -172,9 +172,11 @@ def _whole(low, high=math.inf):
     return ok, f"a whole number from {low}" + ("" if high == math.inf else f" to {high:,}")
 
 
+_POSITIVE = (lambda v: isinstance(v, (int, float)) and 0 < v < math.inf, "a number above 0")
+
 PARAMETER_RULES = {  # name: (check, what is allowed)
     "EPOCHS": _whole(1), "SEEDS": _whole(1), "BATCH_SIZE": _whole(1, 60_000),
-    "MAX_LR": (lambda v: isinstance(v, (int, float)) and 0 < v < math.inf, "a number above 0"),
+    "MAX_LR": _POSITIVE,
     "L1_LAMBDA": (lambda v: isinstance(v, (int, float)) and 0 <= v < math.inf, "a number from 0"),
     "L2_LAMBDA": (lambda v: isinstance(v, (int, float)) and 0 <= v < math.inf, "a number from 0"),
     "GN_GROUPS": (lambda v: v in (1, 2, 4, 8) and not isinstance(v, bool),
@@ -184,8 +186,7 @@ PARAMETER_RULES = {  # name: (check, what is allowed)
                             "a non-empty list of whole numbers from 1 to BATCH_SIZE"),
     "SWEEP_TRAIN_SIZE": _whole(1, 60_000), "SWEEP_EPOCHS": _whole(1), "SWEEP_SEEDS": _whole(1),
     "LR_TEST_SEEDS": _whole(1), "LR_TEST_TRAIN_SIZE": _whole(1, 60_000),
-    "LR_TEST_MIN": (lambda v: isinstance(v, (int, float)) and 0 < v < math.inf, "a number above 0"),
-    "LR_TEST_MAX": (lambda v: isinstance(v, (int, float)) and 0 < v < math.inf, "a number above 0"),
+    "LR_TEST_MIN": _POSITIVE, "LR_TEST_MAX": _POSITIVE,
     "GROUP_COUNTS": (lambda v: isinstance(v, list) and len(v) > 0 and all(g in (1, 2, 4, 8) for g in v),
                      f"a non-empty list of 1, 2, 4 and 8 (a group count must divide every layer width {Net.WIDTHS})"),
     "GROUP_EPOCHS": _whole(1), "GROUP_SEEDS": _whole(1), "GROUP_TRAIN_SIZE": _whole(1, 60_000), "WORKERS": _whole(0),
@@ -923,21 +924,29 @@ def lr_range_or_load(specs, store, data, retrain=False):
     return curves
 
 
+def range_summary(curve):
+    """What one range test showed: its lowest smoothed loss and the learning rate there, the learning rate at which
+    it diverged (inf: never), and whether it learned at all (lowest smoothed loss below 90% of chance, ln 10)."""
+    loss = smoothed(curve["loss"])
+    step = divergence_step(curve["loss"])
+    lowest = min(loss)
+    return {"lowest": lowest, "best_lr": curve["lr"][loss.index(lowest)],
+            "diverged_lr": curve["lr"][step] if step is not None else math.inf, "learned": lowest < 0.9 * math.log(10)}
+
+
 def divergence_table(curves):
     """Markdown: per network (median over seeds), the lowest smoothed loss and its learning rate, and the learning
     rate at which the loss diverged, also per seed."""
     rows = ["| network | seeds | lowest smoothed loss | at lr | diverged at lr | each seed |",
             "| --- | --- | --- | --- | --- | --- |"]
     for name, runs in by_name(curves).items():
-        values = [smoothed(c["loss"]) for c in runs]
-        lowest = [min(v) for v in values]
-        best = [c["lr"][v.index(min(v))] for c, v in zip(runs, values)]
-        at = [c["lr"][s] if s is not None else math.inf for c, s in ((c, divergence_step(c["loss"])) for c in runs)]
-        if all(low > 0.9 * math.log(10) for low in lowest):
-            verdict = "never learned"
-        else:
-            verdict = f"{statistics.median(at):.3g}" if math.isfinite(statistics.median(at)) else "not in the range"
-        rows.append(f"| {name} | {len(runs)} | {statistics.median(lowest):.2f} | {statistics.median(best):.3g} "
+        summaries = [range_summary(c) for c in runs]
+        at = [r["diverged_lr"] for r in summaries]
+        median = statistics.median(at)
+        verdict = ("never learned" if not any(r["learned"] for r in summaries)
+                   else f"{median:.3g}" if math.isfinite(median) else "not in the range")
+        rows.append(f"| {name} | {len(runs)} | {statistics.median(r['lowest'] for r in summaries):.2f} "
+                    f"| {statistics.median(r['best_lr'] for r in summaries):.3g} "
                     f"| {verdict} | {', '.join(f'{lr:.3g}' if math.isfinite(lr) else '-' for lr in at)} |")
     return "\n".join(rows)
 
@@ -1005,17 +1014,19 @@ def _spread(values):
     return f"{min(values):.2f} to {max(values):.2f}"
 
 
+def _pooled(run, key):
+    """The values of `key` ("after_mean", ...) over all channels of all layers of one activation_statistics run."""
+    return [v for layer in run["layers"] for v in layer[key]]
+
+
 def activation_table(activations):
     """Markdown view of [{"name", "weights", "layers": activation_statistics(...)}, ...]: over all channels of all
     normalized layers, the range of the per-channel mean and sd before and after the normalization."""
     rows = ["| network | weights | channel means before | channel sds before | channel means after "
             "| channel sds after |", "| --- | --- | --- | --- | --- | --- |"]
     for run in activations:
-        pooled = {key: [v for layer in run["layers"] for v in layer[key]]
-                  for key in ("before_mean", "before_sd", "after_mean", "after_sd")}
-        rows.append(f"| {run['name']} | {run['weights']} | {_spread(pooled['before_mean'])} "
-                    f"| {_spread(pooled['before_sd'])} | {_spread(pooled['after_mean'])} "
-                    f"| {_spread(pooled['after_sd'])} |")
+        rows.append(f"| {run['name']} | {run['weights']} | " + " | ".join(
+            _spread(_pooled(run, key)) for key in ("before_mean", "before_sd", "after_mean", "after_sd")) + " |")
     return "\n".join(rows)
 
 
@@ -1051,11 +1062,17 @@ def _group_count(history):
     return history["config"]["model"]["groups"]
 
 
+def _finals_by_group(histories):
+    """{group count: {seed: final test accuracy}} of GroupNorm runs."""
+    finals = {}
+    for h in histories:
+        finals.setdefault(_group_count(h), {})[h["seed"]] = h["test_acc"][-1]
+    return finals
+
+
 def group_table(histories, study_groups):
     """Markdown: final test accuracy per GroupNorm group count, and the paired difference from `study_groups`."""
-    by_groups = {}
-    for h in histories:
-        by_groups.setdefault(_group_count(h), {})[h["seed"]] = h["test_acc"][-1]
+    by_groups = _finals_by_group(histories)
     reference = by_groups.get(study_groups, {})
     rows = [f"| groups | channels per group (8- / 16-channel layers) | seeds | final test acc | paired difference "
             f"from {study_groups} groups (p) |", "| --- | --- | --- | --- | --- |"]
@@ -1075,15 +1092,13 @@ def plot_group_sweep(histories, study_groups, path=None, note=None):
     """Final test accuracy against the GroupNorm group count: the mean over seeds, a thin line per seed (paired
     across group counts), the study's group count marked."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    per_seed = {}
-    for h in histories:
-        per_seed.setdefault(h["seed"], {})[_group_count(h)] = h["test_acc"][-1]
-    counts = sorted({_group_count(h) for h in histories})
-    for seed, accs in sorted(per_seed.items()):
-        xs = [g for g in counts if g in accs]
-        ax.plot(xs, [accs[g] for g in xs], color="C2", linewidth=0.8, alpha=0.45, marker=".",
-                label="each seed" if seed == min(per_seed) else None)
-    means = [statistics.fmean(accs[g] for accs in per_seed.values() if g in accs) for g in counts]
+    by_groups = _finals_by_group(histories)
+    counts, seeds = sorted(by_groups), sorted({h["seed"] for h in histories})
+    for seed in seeds:
+        xs = [g for g in counts if seed in by_groups[g]]
+        ax.plot(xs, [by_groups[g][seed] for g in xs], color="C2", linewidth=0.8, alpha=0.45, marker=".",
+                label="each seed" if seed == seeds[0] else None)
+    means = [statistics.fmean(by_groups[g].values()) for g in counts]
     ax.plot(counts, means, color="C2", marker="o", linewidth=2, label="mean over seeds")
     ax.axvline(study_groups, color="0.5", linestyle="--", linewidth=1, label=f"the study's GN ({study_groups} groups)")
     ax.set_xscale("log", base=2)
@@ -1169,13 +1184,11 @@ def _pair_sentence(result, paired=None, unit="points"):
 
 
 def _range_sentence(name, curves):
-    lowest = [min(smoothed(c["loss"])) for c in curves]
-    steps = [divergence_step(c["loss"]) for c in curves]
-    if all(low > 0.9 * math.log(10) for low in lowest):
-        return f"{name} never learned (lowest smoothed loss {statistics.median(lowest):.2f}; chance is ln 10 = 2.30)"
-    at = [c["lr"][s] if s is not None else math.inf for c, s in zip(curves, steps)]
-    return (f"{name} reached a loss of {statistics.median(lowest):.2f} and diverged at lr "
-            f"{statistics.median(at):.3g}")
+    summaries = [range_summary(c) for c in curves]
+    lowest = statistics.median(r["lowest"] for r in summaries)
+    if not any(r["learned"] for r in summaries):
+        return f"{name} never learned (lowest smoothed loss {lowest:.2f}; chance is ln 10 = 2.30)"
+    return f"{name} reached a loss of {lowest:.2f} and diverged at lr {statistics.median(r['diverged_lr'] for r in summaries):.3g}"
 
 
 def findings(histories, reg_histories=(), sweep=(), report=None, curves=(), group_histories=(), study_groups=None,
@@ -1220,16 +1233,13 @@ def findings(histories, reg_histories=(), sweep=(), report=None, curves=(), grou
         lines.append("- **Learning-rate range test** (median over seeds): " + "; ".join(
             _range_sentence(name, runs) for name, runs in by_name(curves).items()) + ".")
     if group_histories:
-        by_groups = {}
-        for h in group_histories:
-            by_groups.setdefault(_group_count(h), []).append(h["test_acc"][-1])
+        by_groups = {g: list(accs.values()) for g, accs in _finals_by_group(group_histories).items()}
         lines.append(f"- **GroupNorm group count** ({_epochs(group_histories[0])}, final test accuracy): "
                      + ", ".join(f"{g} group{'s' * (g > 1)} {_mean_sd(by_groups[g])}" for g in sorted(by_groups))
                      + f"; the study uses {study_groups}.")
     if activations:
         lines.append("- **Activations** (per-channel statistics after the normalization, trained weights): " + "; ".join(
-            f"{run['name']} means {_spread([v for layer in run['layers'] for v in layer['after_mean']])}, sds "
-            f"{_spread([v for layer in run['layers'] for v in layer['after_sd']])}"
+            f"{run['name']} means {_spread(_pooled(run, 'after_mean'))}, sds {_spread(_pooled(run, 'after_sd'))}"
             for run in activations if run["weights"] == "trained") + ".")
     if report:
         lines.append("- Near-zero conv weights (|w| < 1% of the layer's largest): " + ", ".join(
