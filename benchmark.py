@@ -5,7 +5,7 @@ All train the same Net with the same optimizer, one-cycle schedule, batch size a
   classic: torchvision dataset -> PIL RandomAffine -> ToTensor/Normalize -> DataLoader(workers) -> device
   on-device: the whole dataset on the device, augmented in batch with affine_grid/grid_sample there
   parallel: independent on-device runs (different seeds) in --parallel worker processes, one thread each, as
-            the notebook's utils.train_or_load runs them; throughput is epochs per minute over all workers,
+            the notebook's store.train_or_load runs them; throughput is epochs per minute over all workers,
             wall clock including the workers' start and data loading
   study mix: the full default study's training time in one process and in parallel workers, estimated from one
             timed epoch per micro-batch size of the study, weighted by how many epochs the study trains at it
@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+import store
 import utils
 from model import Net
 
@@ -69,11 +70,11 @@ def run(path, data, args, device):
 def parallel_runs(args, device):
     """Train --parallel runs of --epochs epochs at once in as many workers; returns (wall seconds, test accuracies)."""
     config = {"name": args.norm.upper(), "model": {"norm": args.norm}, "l1": args.l1}
-    specs = [utils.run_spec(config, args.seed + i, args.epochs, args.batch_size, args.max_lr, device)
+    specs = [store.run_spec(config, args.seed + i, args.epochs, args.batch_size, args.max_lr, device)
              for i in range(args.parallel)]
     with tempfile.TemporaryDirectory() as store:
         start = time.perf_counter()
-        runs = utils.train_or_load(specs, store, args.data, workers=args.parallel)
+        runs = store.train_or_load(specs, store, args.data, workers=args.parallel)
         return time.perf_counter() - start, [h["test_acc"][-1] for _, h in runs]
 
 
@@ -87,7 +88,7 @@ def timed_epoch(micro_batch, seed, images, threads, data_dir, batch_size=128):
     if threads:
         torch.set_num_threads(threads)
     device = utils.get_device()
-    (x, y), _ = utils.cached_mnist(data_dir, device)
+    (x, y), _ = store.cached_mnist(data_dir, device)
     x, y = x[:images], y[:images]
     utils.set_seed(seed)
     model = Net("bn").to(device)

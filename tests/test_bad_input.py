@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import params
 import utils
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,32 +72,32 @@ def good_parameters():
     ("LR_TEST_SEEDS", 0, "a whole number from 1"), ("GROUP_TRAIN_SIZE", 0, "a whole number from 1 to 60,000"),
 ])
 def test_a_wrong_parameter_is_named_with_its_value_and_what_is_allowed(name, value, allowed):
-    params = dict(good_parameters(), **{name: value})
+    values = dict(good_parameters(), **{name: value})
     with pytest.raises(ValueError) as error:
-        utils.check_parameters(params)
+        params.check_parameters(values)
     assert f"parameter {name} = {value!r} is not allowed" in str(error.value) and allowed in str(error.value)
 
 
 def test_parameters_that_only_clash_with_each_other_are_caught():
     with pytest.raises(ValueError, match=r"SWEEP_MICRO_BATCHES = \[2, 256\] .* cannot exceed BATCH_SIZE = 128"):
-        utils.check_parameters(dict(good_parameters(), SWEEP_MICRO_BATCHES=[2, 256]))
+        params.check_parameters(dict(good_parameters(), SWEEP_MICRO_BATCHES=[2, 256]))
     with pytest.raises(ValueError, match="SWEEP_TRAIN_SIZE = 100 .* at least one batch of BATCH_SIZE = 128"):
-        utils.check_parameters(dict(good_parameters(), SWEEP_TRAIN_SIZE=100))
+        params.check_parameters(dict(good_parameters(), SWEEP_TRAIN_SIZE=100))
     with pytest.raises(ValueError, match="LR_TEST_TRAIN_SIZE = 64 .* at least one batch of BATCH_SIZE = 128"):
-        utils.check_parameters(dict(good_parameters(), LR_TEST_TRAIN_SIZE=64))
+        params.check_parameters(dict(good_parameters(), LR_TEST_TRAIN_SIZE=64))
     with pytest.raises(ValueError, match="LR_TEST_MIN = 1.0 .* must be below LR_TEST_MAX = 0.5"):
-        utils.check_parameters(dict(good_parameters(), LR_TEST_MIN=1.0, LR_TEST_MAX=0.5))
-    utils.check_parameters(good_parameters())
+        params.check_parameters(dict(good_parameters(), LR_TEST_MIN=1.0, LR_TEST_MAX=0.5))
+    params.check_parameters(good_parameters())
 
 
 @pytest.mark.parametrize("text, default, value", [("3", 20, 3), ("2,8", [1], [2, 8]), ("1", False, True),
                                                   ("false", True, False), ("0.2", 0.1, 0.2), ("out", "images", "out")])
 def test_environment_values_are_parsed_like_the_default_and_recorded(monkeypatch, text, default, value):
     monkeypatch.setenv("SOME_PARAMETER", text)
-    monkeypatch.setattr(utils, "FROM_ENVIRONMENT", {})
-    assert utils.from_env("SOME_PARAMETER", default) == value
-    assert utils.from_env("UNSET_PARAMETER", default) == default
-    assert utils.FROM_ENVIRONMENT == {"SOME_PARAMETER": value}  # what a run prints as "not the defaults"
+    monkeypatch.setattr(params, "FROM_ENVIRONMENT", {})
+    assert params.from_env("SOME_PARAMETER", default) == value
+    assert params.from_env("UNSET_PARAMETER", default) == default
+    assert params.FROM_ENVIRONMENT == {"SOME_PARAMETER": value}  # what a run prints as "not the defaults"
 
 
 @pytest.mark.parametrize("text, default, kind", [("abc", 20, "a whole number"), ("2,x", [1], "comma-separated"),
@@ -104,7 +105,7 @@ def test_environment_values_are_parsed_like_the_default_and_recorded(monkeypatch
 def test_an_environment_value_that_does_not_parse_names_the_variable(monkeypatch, text, default, kind):
     monkeypatch.setenv("EPOCHS", text)
     with pytest.raises(ValueError, match=f"environment variable EPOCHS='{text}' is not {kind}"):
-        utils.from_env("EPOCHS", default)
+        params.from_env("EPOCHS", default)
 
 
 def notebook_cells():
@@ -119,7 +120,7 @@ def test_the_notebook_stops_on_a_wrong_parameter_before_loading_data(monkeypatch
     cells = notebook_cells()
     parameters = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
     setup = "".join(cells[cells.index(parameters) + 1]["source"])
-    check = setup.index("utils.check_parameters(")
+    check = setup.index("params.check_parameters(")
     assert check < setup.index("cached_mnist") and check < setup.index("get_device")
     namespace = {}
     exec("".join(parameters["source"]), namespace)

@@ -6,8 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from scipy import stats
+from scipy import stats as scipy_stats
 
+import plots
+import probes
+import stats
 import utils
 from model import Net
 from test_utils import fake_history
@@ -17,39 +20,39 @@ from test_utils import fake_history
 
 def test_paired_test_equals_scipy_and_a_hand_computation():
     a, b = [99.50, 99.58, 99.47, 99.61, 99.55], [99.41, 99.52, 99.44, 99.50, 99.47]
-    difference, t, df, p = utils.paired_test(a, b)
+    difference, t, df, p = stats.paired_test(a, b)
     d = [x - y for x, y in zip(a, b)]  # 0.09, 0.06, 0.03, 0.11, 0.08
     mean = sum(d) / 5
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 4)
     assert difference == pytest.approx(0.074) and df == 4
     assert t == pytest.approx(mean / (sd / math.sqrt(5)))
-    reference = stats.ttest_rel(a, b)
+    reference = scipy_stats.ttest_rel(a, b)
     assert (t, p) == pytest.approx((reference.statistic, reference.pvalue))
     # the same numbers unpaired: the seed-to-seed spread both sides share hides the difference from Welch's test
-    assert utils.welch_test(a, b)[3] > 0.05 > p
+    assert stats.welch_test(a, b)[3] > 0.05 > p
 
 
 def test_paired_test_rejects_unequal_sides_and_has_no_statistic_without_spread():
     with pytest.raises(ValueError, match="one value per seed on each side, got 3 and 2"):
-        utils.paired_test([1, 2, 3], [1, 2])
-    assert all(math.isnan(v) for v in utils.paired_test([99.5], [99.4])[1:])
-    assert all(math.isnan(v) for v in utils.paired_test([99.5, 99.6], [99.4, 99.5])[1:])  # equal differences
+        stats.paired_test([1, 2, 3], [1, 2])
+    assert all(math.isnan(v) for v in stats.paired_test([99.5], [99.4])[1:])
+    assert all(math.isnan(v) for v in stats.paired_test([99.5, 99.6], [99.4, 99.5])[1:])  # equal differences
 
 
 def test_paired_by_seed_pairs_runs_by_their_seed_not_their_order():
     histories = [dict(fake_history("A", [99.0]), seed=2), dict(fake_history("A", [98.0]), seed=1),
                  dict(fake_history("B", [97.0]), seed=1), dict(fake_history("B", [96.0]), seed=2),
                  dict(fake_history("B", [95.0]), seed=3)]  # seed 3 has no partner in A: left out
-    assert utils.paired_by_seed(histories) == {"A": [98.0, 99.0], "B": [97.0, 96.0]}
+    assert stats.paired_by_seed(histories) == {"A": [98.0, 99.0], "B": [97.0, 96.0]}
 
 
 def test_the_comparison_table_reports_welch_and_paired_side_by_side():
     finals = {"A": [99.50, 99.58, 99.47, 99.61, 99.55], "B": [99.41, 99.52, 99.44, 99.50, 99.47]}
     histories = [dict(fake_history(name, [98.0, acc]), seed=seed)
                  for name, accs in finals.items() for seed, acc in enumerate(accs, 1)]
-    row = utils.comparison_table(histories).splitlines()[-1]
-    assert f"| {stats.ttest_ind(*finals.values(), equal_var=False).pvalue:.3g} | within seed noise |" in row
-    assert f"| {stats.ttest_rel(*finals.values()).pvalue:.3g} | **real**: A higher |" in row
+    row = stats.comparison_table(histories).splitlines()[-1]
+    assert f"| {scipy_stats.ttest_ind(*finals.values(), equal_var=False).pvalue:.3g} | within seed noise |" in row
+    assert f"| {scipy_stats.ttest_rel(*finals.values()).pvalue:.3g} | **real**: A higher |" in row
 
 
 def test_same_seed_gives_every_normalization_the_same_start_and_the_same_random_stream(tiny):
@@ -58,7 +61,7 @@ def test_same_seed_gives_every_normalization_the_same_start_and_the_same_random_
     starts, states = [], []
     for norm in ("bn", "ln", "gn", "none"):
         utils.set_seed(3)
-        model = utils.build_model(norm)
+        model = probes.build_model(norm)
         starts.append([w.detach().clone() for w in utils.conv_weights(model)])
         optimizer = utils.make_optimizer(model, 0.01)
         scheduler = utils.make_scheduler(optimizer, 0.01, 4)
@@ -76,8 +79,8 @@ def test_the_unnormalized_reference_is_the_same_net_without_its_normalization_la
     utils.set_seed(5)
     bn = Net("bn")
     utils.set_seed(5)
-    none = utils.build_model("none")
-    assert not any(isinstance(m, utils.NORM_LAYERS) for m in none.modules())
+    none = probes.build_model("none")
+    assert not any(isinstance(m, probes.NORM_LAYERS) for m in none.modules())
     assert sum(isinstance(m, nn.Identity) for m in none.modules()) == 6  # one per normalized conv
     assert all(torch.equal(a, b) for a, b in zip(utils.conv_weights(none), utils.conv_weights(bn)))
     x = torch.randn(2, 1, 28, 28)
@@ -92,9 +95,9 @@ def test_the_unnormalized_reference_is_the_same_net_without_its_normalization_la
 # ---------------------------------------------------------------- learning-rate range test
 
 def test_the_range_test_raises_the_learning_rate_exactly_exponentially(tiny):
-    spec = utils.lr_range_spec({"name": "GN", "model": {"norm": "gn"}}, seed=1, batch_size=64, lr_min=1e-3,
+    spec = probes.lr_range_spec({"name": "GN", "model": {"norm": "gn"}}, seed=1, batch_size=64, lr_min=1e-3,
                                lr_max=10.0, train_size=512)
-    curve = utils.lr_range_test(spec, tiny)
+    curve = probes.lr_range_test(spec, tiny)
     lrs = torch.tensor(curve["lr"], dtype=torch.float64)
     assert len(lrs) == len(curve["loss"]) == 8  # 512 / 64 steps: the whole epoch
     assert lrs[0].item() == pytest.approx(1e-3) and lrs[-1].item() == pytest.approx(10.0)
@@ -104,30 +107,30 @@ def test_the_range_test_raises_the_learning_rate_exactly_exponentially(tiny):
 
 
 def test_smoothed_is_a_bias_corrected_moving_average():
-    assert utils.smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # no pull toward 0 at the start
-    assert utils.smoothed([1.0, 3.0], beta=0.5) == pytest.approx([1.0, (0.5 * 0.5 + 0.5 * 3.0) / (1 - 0.5 ** 2)])
+    assert probes.smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # no pull toward 0 at the start
+    assert probes.smoothed([1.0, 3.0], beta=0.5) == pytest.approx([1.0, (0.5 * 0.5 + 0.5 * 3.0) / (1 - 0.5 ** 2)])
 
 
 def test_divergence_is_giving_back_half_of_the_best_improvement_or_a_loss_that_is_not_a_number():
     down_then_up = [2.3] * 20 + [0.5] * 40 + [2.3] * 40
-    step = utils.divergence_step(down_then_up)
-    values = utils.smoothed(down_then_up)
+    step = probes.divergence_step(down_then_up)
+    values = probes.smoothed(down_then_up)
     assert values[step] > min(values[:step]) + 0.5 * (values[0] - min(values[:step])) >= values[step - 1]
-    assert utils.divergence_step([2.3] * 50 + [0.3] * 50) is None  # never climbs back
-    assert utils.divergence_step([2.3] * 10 + [2.25] * 10 + [2.3] * 10) is None  # never learned: nothing to lose
-    assert utils.divergence_step([2.3, 1.0, float("nan")]) == 2
+    assert probes.divergence_step([2.3] * 50 + [0.3] * 50) is None  # never climbs back
+    assert probes.divergence_step([2.3] * 10 + [2.25] * 10 + [2.3] * 10) is None  # never learned: nothing to lose
+    assert probes.divergence_step([2.3, 1.0, float("nan")]) == 2
 
 
 def test_range_tests_are_stored_and_loaded_not_run_again(tiny, tmp_path, capsys):
-    specs = [utils.lr_range_spec({"name": name, "model": {"norm": norm}}, seed=1, batch_size=64, train_size=256)
+    specs = [probes.lr_range_spec({"name": name, "model": {"norm": norm}}, seed=1, batch_size=64, train_size=256)
              for name, norm in (("BN", "bn"), ("no norm", "none"))]
-    first = utils.lr_range_or_load(specs, tmp_path, tiny)
+    first = probes.lr_range_or_load(specs, tmp_path, tiny)
     assert capsys.readouterr().out.count("run now") == 2
-    again = utils.lr_range_or_load(specs, tmp_path, tiny)
+    again = probes.lr_range_or_load(specs, tmp_path, tiny)
     assert capsys.readouterr().out.count("loaded from the store") == 2
     assert again == first and [c["name"] for c in first] == ["BN", "no norm"]
     assert len(list(tmp_path.glob("*.json"))) == 2
-    table = utils.divergence_table(first)
+    table = probes.divergence_table(first)
     assert "| BN | 1 |" in table and "| no norm | 1 |" in table
 
 
@@ -138,7 +141,7 @@ def test_hook_statistics_equal_a_hand_computation(mnist):
     for norm, groups, dims in (("bn", 1, (0, 2, 3)), ("gn", 4, (2, 3, 4)), ("ln", 1, (2, 3, 4))):
         utils.set_seed(1)
         model = Net(norm, groups=groups)
-        found = utils.activation_statistics(model, images)
+        found = probes.activation_statistics(model, images)
         assert len(found) == 6 and [layer["channels"] for layer in found] == [8, 16, 16, 16, 16, 16]
         conv = model.features[0][0]
         x = F.conv2d(images, conv.weight)  # the first normalization layer's input, by hand
@@ -160,13 +163,13 @@ def test_activation_statistics_show_what_each_normalization_fixes_and_leave_the_
     utils.set_seed(2)
     bn = Net("bn")
     before = {k: v.clone() for k, v in bn.state_dict().items()}
-    for layer in utils.activation_statistics(bn.eval(), images):  # BN: every channel exactly standardized
+    for layer in probes.activation_statistics(bn.eval(), images):  # BN: every channel exactly standardized
         assert layer["after_mean"] == pytest.approx([0.0] * layer["channels"], abs=1e-5)
         assert layer["after_sd"] == pytest.approx([1.0] * layer["channels"], abs=1e-3)
     assert all(torch.equal(v, before[k]) for k, v in bn.state_dict().items())  # running averages untouched
     assert not bn.training
     utils.set_seed(2)
-    ln = utils.activation_statistics(Net("ln"), images)
+    ln = probes.activation_statistics(Net("ln"), images)
     spread = max(max(layer["after_mean"]) - min(layer["after_mean"]) for layer in ln)
     assert spread > 0.1  # LN fixes each sample's statistics over all channels, not each channel's
 
@@ -176,7 +179,7 @@ def test_the_standardized_output_times_scale_plus_shift_is_the_layer_output():
     for layer in (nn.BatchNorm2d(8), nn.GroupNorm(2, 8), nn.GroupNorm(1, 8)):
         nn.init.uniform_(layer.weight, 0.5, 2.0)
         nn.init.uniform_(layer.bias, -1.0, 1.0)
-        scaled = utils._standardize(layer, x) * layer.weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)
+        scaled = probes._standardize(layer, x) * layer.weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)
         assert torch.allclose(scaled, layer.train()(x), atol=1e-5)
 
 
@@ -191,11 +194,11 @@ def group_histories(accuracies):
 
 def test_group_table_gives_each_count_and_its_paired_difference_from_the_study():
     accuracies = {1: [99.10, 99.20, 99.15], 4: [99.30, 99.35, 99.28], 8: [99.31, 99.33, 99.30]}
-    table = utils.group_table(group_histories(accuracies), study_groups=4)
-    p = stats.ttest_rel(accuracies[1], accuracies[4]).pvalue
+    table = probes.group_table(group_histories(accuracies), study_groups=4)
+    p = scipy_stats.ttest_rel(accuracies[1], accuracies[4]).pvalue
     assert f"| 1 (= LN) | 8 / 16 | 3 | 99.15% +- 0.05 | -0.16 points (p = {p:.2g}) |" in table
     assert "| 4 | 2 / 4 | 3 | 99.31% +- 0.04 | the study's GN |" in table
-    figure = utils.plot_group_sweep(group_histories(accuracies), study_groups=4)
+    figure = plots.plot_group_sweep(group_histories(accuracies), study_groups=4)
     mean_line = [line for line in figure.axes[0].lines if line.get_label() == "mean over seeds"][0]
     assert list(mean_line.get_xdata()) == [1, 4, 8]
     assert list(mean_line.get_ydata()) == pytest.approx([99.15, 99.31, 99.3133], abs=1e-3)

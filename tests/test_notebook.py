@@ -46,19 +46,21 @@ def test_colab_cell_without_model_py_or_repo_url_says_what_to_do(tmp_path, monke
 
 def test_readme_tables_equal_what_the_committed_histories_give():
     """Every results table in the README is recomputed here from the committed JSON of the same execution."""
-    import utils
+    import probes
+    import stats
+    import store
 
     readme = (ROOT / "README.md").read_text()
     images = ROOT / "images"
-    tables = {"history.json": [utils.seed_table, utils.comparison_table, utils.per_seed_table],
-              "micro_batch_sweep.json": [utils.sweep_table], "regularizer_report.json": [utils.regularizer_table],
-              "activation_statistics.json": [utils.activation_table], "lr_range.json": [utils.divergence_table],
-              "group_sweep.json": [lambda histories: utils.group_table(histories, study_groups=4)]}
+    tables = {"history.json": [stats.seed_table, stats.comparison_table, stats.per_seed_table],
+              "micro_batch_sweep.json": [stats.sweep_table], "regularizer_report.json": [probes.regularizer_table],
+              "activation_statistics.json": [probes.activation_table], "lr_range.json": [probes.divergence_table],
+              "group_sweep.json": [lambda histories: probes.group_table(histories, study_groups=4)]}
     checked = 0
     for name, make_tables in tables.items():
         if (images / name).exists():  # all three once the full-size execution is committed
             for make_table in make_tables:
-                table = make_table(utils.load_histories(images / name))
+                table = make_table(store.load_histories(images / name))
                 assert table in readme, f"README lacks this table from images/{name}:\n{table}"
                 checked += 1
     assert checked >= 2

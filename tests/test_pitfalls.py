@@ -6,6 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import plots
+import stats
+import store
 import utils
 from model import Net
 
@@ -93,7 +96,7 @@ def test_schedule_depends_on_the_step_count_only():
 def test_headline_is_the_final_epoch_and_best_is_labelled():
     h = {"name": "LN", "params": 1, "epoch": [1, 2, 3], "seconds": [1, 1, 1], "train_loss": [1, 1, 1],
          "train_acc": [95.0, 97.0, 96.0], "test_loss": [1, 1, 1], "test_acc": [99.0, 99.6, 99.3]}
-    header, _, row = utils.results_table([h]).splitlines()[:3]
+    header, _, row = stats.results_table([h]).splitlines()[:3]
     cells = [c.strip() for c in row.split("|")[1:-1]]
     columns = [c.strip() for c in header.split("|")[1:-1]]
     assert cells[columns.index("final test acc")] == "99.30%"
@@ -148,10 +151,10 @@ def test_train_accuracy_is_labelled_as_running():
     """Pitfall: the running train accuracy presented as if measured on the final weights."""
     h = {"name": "GN", "params": 1, "epoch": [1], "seconds": [1], "train_loss": [0.1], "train_acc": [97.0],
          "test_loss": [0.05], "test_acc": [99.0]}
-    assert "running mean over each epoch's augmented batches" in utils.results_table([h])
-    fig = utils.plot_train_curves([h])
+    assert "running mean over each epoch's augmented batches" in stats.results_table([h])
+    fig = plots.plot_train_curves([h])
     assert all("running" in ax.get_title() for ax in fig.axes)
-    utils.plt.close(fig)
+    plots.plt.close(fig)
 
 
 def test_history_holds_plain_numbers_not_tensors(tiny, tmp_path):
@@ -160,8 +163,8 @@ def test_history_holds_plain_numbers_not_tensors(tiny, tmp_path):
                                    batch_size=128, progress=False)
     for key in ("lr", "seconds", "train_loss", "train_acc", "test_loss", "test_acc"):
         assert all(type(v) is float for v in history[key]), key
-    utils.save_histories([history], tmp_path / "h.json")
-    assert utils.load_histories(tmp_path / "h.json") == [history]
+    store.save_histories([history], tmp_path / "h.json")
+    assert store.load_histories(tmp_path / "h.json") == [history]
 
 
 def live_graph_tensors():
@@ -210,12 +213,12 @@ def test_misclassified_grid_shows_denormalized_pixels_with_predicted_and_actual(
     """Pitfall: normalized pixels shown (clipping warnings), tiles without the actual label."""
     _, (test_x, test_y) = tiny
     mistakes = utils.misclassified(Net("gn"), test_x, test_y)
-    fig = utils.plot_misclassified(test_x, mistakes, "GN")
+    fig = plots.plot_misclassified(test_x, mistakes, "GN")
     for ax, p, a in zip(fig.axes, mistakes["predicted"], mistakes["actual"]):
         assert f"predicted {p}" in ax.get_title() and f"actual {a}" in ax.get_title()
         pixels = ax.get_images()[0].get_array()
         assert pixels.min() >= 0 and pixels.max() <= 1
-    utils.plt.close(fig)
+    plots.plt.close(fig)
 
 
 def test_layernorm_and_groupnorm_are_what_the_docs_say():

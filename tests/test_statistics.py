@@ -3,41 +3,45 @@ import math
 
 import pytest
 import torch
-from scipy import stats
+from scipy import stats as scipy_stats
 
+import findings
+import plots
+import probes
+import stats
 import utils
 from model import Net
 from test_utils import fake_history
 
 
 def test_summarize_matches_hand_computed_mean_std_and_t_interval():
-    s = utils.summarize([1, 2, 3, 4, 5])
+    s = stats.summarize([1, 2, 3, 4, 5])
     assert s["n"] == 5 and s["mean"] == 3.0
     assert s["std"] == pytest.approx(math.sqrt(10 / 4))  # sum of squared deviations 10, n - 1 = 4
     assert s["ci95"] == pytest.approx(2.7764 * math.sqrt(2.5) / math.sqrt(5), abs=1e-4)  # t(0.975, 4) = 2.7764
-    two = utils.summarize([99.5, 99.7])
+    two = stats.summarize([99.5, 99.7])
     assert two["mean"] == pytest.approx(99.6) and two["std"] == pytest.approx(math.sqrt(0.02))
     assert two["ci95"] == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2), abs=1e-3)  # t(0.975, 1) = 12.706
 
 
 def test_summarize_of_one_seed_has_no_spread_and_of_none_is_an_error():
-    s = utils.summarize([99.4])
+    s = stats.summarize([99.4])
     assert s["mean"] == 99.4 and math.isnan(s["std"]) and math.isnan(s["ci95"])
     with pytest.raises(ValueError, match="at least one value"):
-        utils.summarize([])
+        stats.summarize([])
 
 
 def test_welch_test_matches_hand_computation_and_scipy():
     a, b = [1, 2, 3, 4, 5], [2, 4, 6]  # means 3 and 4, variances 2.5 and 4
-    difference, t, df, p = utils.welch_test(a, b)
+    difference, t, df, p = stats.welch_test(a, b)
     se2 = 2.5 / 5 + 4 / 3
     assert difference == -1.0
     assert t == pytest.approx(-1 / math.sqrt(se2))
     assert df == pytest.approx(se2 ** 2 / ((2.5 / 5) ** 2 / 4 + (4 / 3) ** 2 / 2))  # Welch-Satterthwaite, ~3.53
-    reference = stats.ttest_ind(a, b, equal_var=False)
+    reference = scipy_stats.ttest_ind(a, b, equal_var=False)
     assert (t, p) == pytest.approx((reference.statistic, reference.pvalue))
-    assert all(math.isnan(v) for v in utils.welch_test([99.5], [99.4, 99.6])[1:])
-    assert all(math.isnan(v) for v in utils.welch_test([99.5, 99.5], [99.4, 99.4])[1:])
+    assert all(math.isnan(v) for v in stats.welch_test([99.5], [99.4, 99.6])[1:])
+    assert all(math.isnan(v) for v in stats.welch_test([99.5, 99.5], [99.4, 99.4])[1:])
 
 
 def histories_of(name, finals):
@@ -48,33 +52,33 @@ def test_comparison_table_calls_a_difference_real_only_beyond_the_seed_noise():
     clear = histories_of("A", [99.50, 99.52, 99.54]) + histories_of("B", [99.30, 99.31, 99.33])
     noisy = histories_of("A", [99.50, 99.40, 99.60]) + histories_of("B", [99.45, 99.55, 99.48])
     one_seed = histories_of("A", [99.6]) + histories_of("B", [99.4])
-    assert "**real**: A higher" in utils.comparison_table(clear)
-    assert "within seed noise" in utils.comparison_table(noisy)
-    assert "untestable" in utils.comparison_table(one_seed)
+    assert "**real**: A higher" in stats.comparison_table(clear)
+    assert "within seed noise" in stats.comparison_table(noisy)
+    assert "untestable" in stats.comparison_table(one_seed)
 
 
 def test_comparison_table_uses_bonferroni_over_all_pairs():
     # p is about 0.03 here: real for one pair (threshold 0.05), noise among three configs (threshold 0.05 / 3)
     a, b = [99.50, 99.55, 99.60, 99.52], [99.45, 99.48, 99.50, 99.44]
-    p = utils.welch_test(a, b)[3]
+    p = stats.welch_test(a, b)[3]
     assert 0.05 / 3 < p < 0.05
-    assert "**real**" in utils.comparison_table(histories_of("A", a) + histories_of("B", b))
+    assert "**real**" in stats.comparison_table(histories_of("A", a) + histories_of("B", b))
     three = histories_of("A", a) + histories_of("B", b) + histories_of("C", [99.0, 99.1, 99.05, 99.02])
-    table = utils.comparison_table(three)
+    table = stats.comparison_table(three)
     assert "real if p < 0.0167" in table
     assert "| A vs B |" in table and "within seed noise" in table.splitlines()[2]
 
 
 def test_seed_table_shows_mean_sd_and_interval_of_final_and_best():
-    table = utils.seed_table(histories_of("LN", [99.5, 99.7]))
+    table = stats.seed_table(histories_of("LN", [99.5, 99.7]))
     row = table.splitlines()[2]
     assert row.startswith("| LN | 2 | 99.60 +- 0.14% [98.33, 100.87] |")  # 99.6 -+ 12.706 * 0.1414 / sqrt(2)
-    assert "1 seed: no spread" in utils.seed_table(histories_of("GN", [99.5]))
+    assert "1 seed: no spread" in stats.seed_table(histories_of("GN", [99.5]))
 
 
 def test_metric_plot_draws_the_seed_mean_over_each_seed_and_stays_in_range():
     runs = histories_of("BN", [99.0, 99.9])  # epoch 1: 98.0 both; epoch 2: 99.0 and 99.9
-    fig = utils.plot_metric(runs + histories_of("GN", [99.3]), "test_acc", "accuracy (%)", "Test accuracy",
+    fig = plots.plot_metric(runs + histories_of("GN", [99.3]), "test_acc", "accuracy (%)", "Test accuracy",
                             note="trained on CPU (1 threads)")
     ax = fig.axes[0]
     mean, *seeds, single = ax.lines
@@ -85,7 +89,7 @@ def test_metric_plot_draws_the_seed_mean_over_each_seed_and_stays_in_range():
     assert max(max(line.get_ydata()) for line in ax.lines) <= 100
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN (mean of 2 seeds; thin: each seed)", "GN"]
     assert "trained on CPU (1 threads)" in [t.get_text() for t in fig.texts]
-    utils.plt.close(fig)
+    plots.plt.close(fig)
 
 
 def sweep_history(name, micro_batch_size, test_acc, seed=1):
@@ -97,11 +101,11 @@ def test_micro_batch_table_and_plot_average_seeds_and_mark_diverged_runs(tmp_pat
     sweep = [sweep_history("BN", 2, 97.0), sweep_history("BN", 2, 9.8, seed=2),  # seed 2 diverged
              sweep_history("BN", 128, 99.0), sweep_history("BN", 128, 99.2, seed=2),
              sweep_history("LN", 2, 98.9), sweep_history("LN", 128, 98.8)]
-    table = utils.sweep_table(sweep).splitlines()
+    table = stats.sweep_table(sweep).splitlines()
     assert table[0] == "| micro-batch | BN | LN |"
     assert table[2] == "| 2 | 97.00% (1 of 2 diverged) | 98.90% |"
     assert table[3] == "| 128 | 99.10% +- 0.14 | 98.80% |"
-    fig = utils.plot_micro_batch_sweep(sweep, tmp_path / "sweep.png")
+    fig = plots.plot_micro_batch_sweep(sweep, tmp_path / "sweep.png")
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_ylabel() == "final test error (%)"
     assert list(ax.lines[0].get_ydata()) == pytest.approx([3.0, 0.9])  # BN's error, diverged seed left out
@@ -109,13 +113,13 @@ def test_micro_batch_table_and_plot_average_seeds_and_mark_diverged_runs(tmp_pat
     assert list(marker.get_xdata()) == [2] and list(marker.get_ydata()) == [0.97]  # top edge, axes fraction
     assert ax.get_ylim()[1] < 10  # the diverged run's 90% error does not set the scale
     assert (tmp_path / "sweep.png").stat().st_size > 5_000
-    utils.plt.close(fig)
+    plots.plt.close(fig)
 
 
 def test_a_run_is_diverged_when_its_loss_is_not_finite_or_it_ends_below_half():
-    assert utils.diverged({"test_loss": [0.1, math.nan], "test_acc": [98.0, 99.0]})
-    assert utils.diverged({"test_loss": [0.1, 2.3], "test_acc": [98.0, 11.35]})
-    assert not utils.diverged({"test_loss": [2.3, 0.1], "test_acc": [11.35, 98.0]})
+    assert stats.diverged({"test_loss": [0.1, math.nan], "test_acc": [98.0, 99.0]})
+    assert stats.diverged({"test_loss": [0.1, 2.3], "test_acc": [98.0, 11.35]})
+    assert not stats.diverged({"test_loss": [2.3, 0.1], "test_acc": [11.35, 98.0]})
 
 
 def test_near_zero_fraction_counts_small_weights_relative_to_their_layer():
@@ -129,25 +133,25 @@ def test_near_zero_fraction_counts_small_weights_relative_to_their_layer():
         weights[1].view(-1)[:5] = 0.02     # above it
         weights[2].mul_(1000)              # scale does not matter
         weights[2].view(-1)[:3] = 5.0      # 0.5% of 1000: near zero
-    assert utils.near_zero_fraction(model) == pytest.approx(13 / total)
-    assert utils.near_zero_fraction(model, relative=0.05) == pytest.approx(18 / total)
+    assert probes.near_zero_fraction(model) == pytest.approx(13 / total)
+    assert probes.near_zero_fraction(model, relative=0.05) == pytest.approx(18 / total)
 
 
 def test_regularizer_report_measures_clean_train_and_test_of_each_model(tiny):
     models = {"BN": [Net("bn").eval()], "GN": [Net("gn").eval(), Net("gn").eval()]}
-    report = utils.regularizer_report(models, tiny)
+    report = probes.regularizer_report(models, tiny)
     (train_x, train_y), (test_x, test_y) = tiny
     assert len(report["GN"]["test_acc"]) == 2
     second = models["GN"][1]
     assert report["GN"]["train_acc"][1] == utils.evaluate(second, train_x, train_y)[1]
     assert report["GN"]["test_loss"][1] == utils.evaluate(second, test_x, test_y)[0]
-    assert report["BN"]["near_zero"] == [utils.near_zero_fraction(models["BN"][0])]
+    assert report["BN"]["near_zero"] == [probes.near_zero_fraction(models["BN"][0])]
 
 
 def test_regularizer_table_reports_gaps_as_train_minus_test_accuracy_and_test_minus_train_loss():
     report = {"BN + L1": {"near_zero": [0.10, 0.20], "train_acc": [99.8, 99.9], "test_acc": [99.5, 99.4],
                           "train_loss": [0.010, 0.012], "test_loss": [0.020, 0.018]}}
-    row = utils.regularizer_table(report).splitlines()[2]
+    row = probes.regularizer_table(report).splitlines()[2]
     # near-zero 15.0 +- 7.1 %; accuracy gaps 0.3 and 0.5 -> 0.40 +- 0.14; loss gaps 0.010 and 0.006 -> 0.0080 +- 0.0028
     assert row == ("| BN + L1 | 2 | 15.0% +- 7.1 | 99.85% +- 0.07 | 99.45% +- 0.07 | 0.40 pts +- 0.14 "
                    "| 0.0080 +- 0.0028 |")
@@ -155,11 +159,11 @@ def test_regularizer_table_reports_gaps_as_train_minus_test_accuracy_and_test_mi
 
 def test_weight_histogram_plot_has_one_outline_per_configuration(tmp_path):
     models = {"BN": [Net("bn"), Net("bn")], "BN + L1": [Net("bn")]}
-    fig = utils.plot_weight_histograms(models, tmp_path / "weights.png")
+    fig = plots.plot_weight_histograms(models, tmp_path / "weights.png")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN", "BN + L1"]
     assert ax.get_xscale() == "log" and (tmp_path / "weights.png").stat().st_size > 5_000
-    utils.plt.close(fig)
+    plots.plt.close(fig)
 
 
 def test_findings_are_computed_from_the_histories():
@@ -168,17 +172,17 @@ def test_findings_are_computed_from_the_histories():
     reg = histories_of("BN", [99.49, 99.53, 99.51]) + histories_of("BN + L2", [99.40, 99.60, 99.50])
     sweep = [sweep_history("BN", 2, acc, seed) for seed, acc in enumerate([97.0, 97.4], 1)] \
         + [sweep_history("BN", 128, acc, seed) for seed, acc in enumerate([99.0, 99.2], 1)]
-    text = utils.findings(main, reg, sweep)
-    welch = {(r["a"], r["b"]): r["p"] for r in utils.compare(utils.final_test_accuracies(main))}
-    paired = {(r["a"], r["b"]): r["p"] for r in utils.compare(utils.paired_by_seed(main), test=utils.paired_test)}
-    assert paired["BN + L1", "LN"] == pytest.approx(stats.ttest_rel([99.50, 99.52, 99.54], [99.30, 99.31, 99.33]).pvalue)
+    text = findings.findings(main, reg, sweep)
+    welch = {(r["a"], r["b"]): r["p"] for r in stats.compare(stats.final_test_accuracies(main))}
+    paired = {(r["a"], r["b"]): r["p"] for r in stats.compare(stats.paired_by_seed(main), test=stats.paired_test)}
+    assert paired["BN + L1", "LN"] == pytest.approx(scipy_stats.ttest_rel([99.50, 99.52, 99.54], [99.30, 99.31, 99.33]).pvalue)
     assert text.startswith("- **Main study** (final test accuracy, mean +- sd over seeds): BN + L1 99.52% +- 0.02, "
                            "GN 99.49% +- 0.05, LN 99.31% +- 0.02.")
     assert (f"BN + L1 vs LN: +0.21 points (Welch p = {welch['BN + L1', 'LN']:.2g}, paired p = "
             f"{paired['BN + L1', 'LN']:.2g}), a real difference;") in text
     assert (f"BN + L1 vs GN: +0.03 points (Welch p = {welch['BN + L1', 'GN']:.2g}, paired p = "
             f"{paired['BN + L1', 'GN']:.2g}), within seed noise;") in text
-    bn_p = stats.ttest_ind([97.0, 97.4], [99.0, 99.2], equal_var=False).pvalue
+    bn_p = scipy_stats.ttest_ind([97.0, 97.4], [99.0, 99.2], equal_var=False).pvalue
     assert (f"- **Micro-batch sweep, BN**: micro-batch 2 97.20% +- 0.28, 128 99.10% +- 0.14; difference -1.90 points "
             f"(Welch p = {bn_p:.2g}, real if p < 0.05)") in text
     assert "**Regularizers** (final test accuracy): BN 99.51% +- 0.02, BN + L1 99.52% +- 0.02, BN + L2 99.50% +- 0.10" \
@@ -186,9 +190,9 @@ def test_findings_are_computed_from_the_histories():
 
 
 def test_micro_batch_plot_of_only_diverged_runs_still_draws():
-    fig = utils.plot_micro_batch_sweep([sweep_history("BN", 8, 9.8), sweep_history("GN", 64, 11.2)])
+    fig = plots.plot_micro_batch_sweep([sweep_history("BN", 8, 9.8), sweep_history("GN", 64, 11.2)])
     assert [line.get_label() for line in fig.axes[0].lines] == ["BN: diverged", "GN: diverged"]
-    utils.plt.close(fig)
+    plots.plt.close(fig)
 
 
 def test_findings_say_what_the_range_tests_the_group_sweep_and_the_activations_showed():
@@ -200,9 +204,9 @@ def test_findings_say_what_the_range_tests_the_group_sweep_and_the_activations_s
     activations = [{"name": "LN", "weights": "trained", "layers": [
         {"channels": 2, "before_mean": [0.0, 1.0], "before_sd": [1.0, 2.0], "after_mean": [-0.4, 0.3],
          "after_sd": [0.8, 1.1]}]}]
-    text = utils.findings(histories_of("A", [99.5, 99.6]), curves=curves, group_histories=groups, study_groups=4,
+    text = findings.findings(histories_of("A", [99.5, 99.6]), curves=curves, group_histories=groups, study_groups=4,
                           activations=activations)
-    at, lowest = lrs[utils.divergence_step(curves[0]["loss"])], min(utils.smoothed(curves[0]["loss"]))
+    at, lowest = lrs[probes.divergence_step(curves[0]["loss"])], min(probes.smoothed(curves[0]["loss"]))
     assert 0.5 < lowest < 0.55  # the moving average has not quite reached 0.5 after 40 steps
     assert (f"BN reached a loss of {lowest:.2f} and diverged at lr {at:.3g}; no norm never learned (lowest smoothed "
             "loss 2.30") in text

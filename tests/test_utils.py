@@ -3,6 +3,9 @@ import json
 import pytest
 import torch
 
+import plots
+import stats
+import store
 import utils
 from model import Net
 
@@ -74,8 +77,8 @@ def test_train_model_history_round_trips_through_json(tiny, tmp_path):
     _, history = utils.train_model(config, tiny, epochs=2, batch_size=64, progress=False)
     assert history["epoch"] == [1, 2] and history["params"] == utils.count_parameters(Net("gn"))
     path = tmp_path / "sub" / "history.json"
-    utils.save_histories([history], path)
-    assert utils.load_histories(path) == [history]
+    store.save_histories([history], path)
+    assert store.load_histories(path) == [history]
     json.dumps(history)  # plain numbers and strings only
 
 
@@ -105,27 +108,27 @@ def test_plots_write_png_files(tiny, tmp_path):
     _, (test_x, test_y) = tiny
     mistakes = utils.misclassified(Net("ln"), test_x, test_y)
     for path, draw in [
-        (tmp_path / "loss.png", lambda p: utils.plot_metric(histories, "test_loss", "nats", "Test loss", p)),
-        (tmp_path / "train.png", lambda p: utils.plot_train_curves(histories, p)),
-        (tmp_path / "grid.png", lambda p: utils.plot_misclassified(test_x, mistakes, "LN", p)),
+        (tmp_path / "loss.png", lambda p: plots.plot_metric(histories, "test_loss", "nats", "Test loss", p)),
+        (tmp_path / "train.png", lambda p: plots.plot_train_curves(histories, p)),
+        (tmp_path / "grid.png", lambda p: plots.plot_misclassified(test_x, mistakes, "LN", p)),
     ]:
         fig = draw(path)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
-        utils.plt.close(fig)
+        plots.plt.close(fig)
 
 
 def test_accuracy_plot_has_labelled_axes_and_a_legend_naming_each_configuration():
     histories = [fake_history("BN + L1", [98.0, 99.5]), fake_history("LN", [97.0, 99.0])]
-    fig = utils.plot_metric(histories, "test_acc", "accuracy (%)", "Test accuracy", ylim=(98, 100))
+    fig = plots.plot_metric(histories, "test_acc", "accuracy (%)", "Test accuracy", ylim=(98, 100))
     ax = fig.axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("epoch", "accuracy (%)", "Test accuracy")
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN + L1", "LN"]
     assert ax.get_ylim() == (98, 100)
-    utils.plt.close(fig)
+    plots.plt.close(fig)
 
 
 def test_results_table_reports_final_and_labelled_best_epoch():
-    table = utils.results_table([fake_history("GN", [98.0, 99.5, 99.4])])
+    table = stats.results_table([fake_history("GN", [98.0, 99.5, 99.4])])
     row = table.splitlines()[2]
     assert row.startswith("| GN | 9,752 | 99.40% |")
     assert "99.50% (2)" in row and "| 4 s |" in row

@@ -1,0 +1,87 @@
+"""The notebook's parameters: read from the environment (from_env) and checked against one table of rules
+(check_parameters), so that a wrong value stops the notebook with a message before any data loads."""
+import math
+import os
+
+from model import Net
+
+
+FROM_ENVIRONMENT = {}  # the parameters from_env took from the environment, so that a run can say it was not the default
+
+
+def from_env(name, default):
+    """The parameter `name` from the environment when set there, parsed like `default` (int, float, bool, str, or a
+    list of ints written "2,4,8"), else `default`; a value that does not parse is an error naming the parameter."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("0", "1", "true", "false"):
+                raise ValueError("not a truth value")
+            value = text.lower() in ("1", "true")
+        elif isinstance(default, list):
+            value = [int(part) for part in text.split(",")]
+        else:
+            value = type(default)(text)
+    except ValueError:
+        kind = {bool: "0, 1, true or false", list: "comma-separated whole numbers", int: "a whole number",
+                float: "a number"}.get(type(default), "a value")
+        raise ValueError(f"environment variable {name}={text!r} is not {kind}") from None
+    FROM_ENVIRONMENT[name] = value
+    return value
+
+
+def _whole(low, high=math.inf):
+    def ok(value):
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    return ok, f"a whole number from {low}" + ("" if high == math.inf else f" to {high:,}")
+
+
+_POSITIVE = (lambda v: isinstance(v, (int, float)) and 0 < v < math.inf, "a number above 0")
+
+
+PARAMETER_RULES = {  # name: (check, what is allowed)
+    "EPOCHS": _whole(1), "SEEDS": _whole(1), "BATCH_SIZE": _whole(1, 60_000),
+    "MAX_LR": _POSITIVE,
+    "L1_LAMBDA": (lambda v: isinstance(v, (int, float)) and 0 <= v < math.inf, "a number from 0"),
+    "L2_LAMBDA": (lambda v: isinstance(v, (int, float)) and 0 <= v < math.inf, "a number from 0"),
+    "GN_GROUPS": (lambda v: v in (1, 2, 4, 8) and not isinstance(v, bool),
+                  f"1, 2, 4 or 8 (a group count must divide every layer width {Net.WIDTHS})"),
+    "DROPOUT": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number from 0 up to (not including) 1"),
+    "SWEEP_MICRO_BATCHES": (lambda v: isinstance(v, list) and len(v) > 0 and all(_whole(1)[0](b) for b in v),
+                            "a non-empty list of whole numbers from 1 to BATCH_SIZE"),
+    "SWEEP_TRAIN_SIZE": _whole(1, 60_000), "SWEEP_EPOCHS": _whole(1), "SWEEP_SEEDS": _whole(1),
+    "LR_TEST_SEEDS": _whole(1), "LR_TEST_TRAIN_SIZE": _whole(1, 60_000),
+    "LR_TEST_MIN": _POSITIVE, "LR_TEST_MAX": _POSITIVE,
+    "GROUP_COUNTS": (lambda v: isinstance(v, list) and len(v) > 0 and all(g in (1, 2, 4, 8) for g in v),
+                     f"a non-empty list of 1, 2, 4 and 8 (a group count must divide every layer width {Net.WIDTHS})"),
+    "GROUP_EPOCHS": _whole(1), "GROUP_SEEDS": _whole(1), "GROUP_TRAIN_SIZE": _whole(1, 60_000), "WORKERS": _whole(0),
+    "RETRAIN": (lambda v: isinstance(v, bool), "True or False"),
+    "RUNS_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),
+    "DATA_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),
+    "OUTPUT_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),
+}
+
+
+def check_parameters(params):
+    """Stop with a ValueError naming the parameter, its value and what is allowed, for any wrong notebook parameter.
+
+    `params` maps names to values (the notebook passes its upper-case globals); all of PARAMETER_RULES must be there.
+    """
+    missing = [name for name in PARAMETER_RULES if name not in params]
+    if missing:
+        raise ValueError(f"parameters missing: {', '.join(missing)}")
+    for name, (ok, allowed) in PARAMETER_RULES.items():
+        if not ok(params[name]):
+            raise ValueError(f"parameter {name} = {params[name]!r} is not allowed: it must be {allowed}")
+    if max(params["SWEEP_MICRO_BATCHES"]) > params["BATCH_SIZE"]:
+        raise ValueError(f"parameter SWEEP_MICRO_BATCHES = {params['SWEEP_MICRO_BATCHES']!r} is not allowed: a "
+                         f"micro-batch cannot exceed BATCH_SIZE = {params['BATCH_SIZE']}")
+    for name in ("SWEEP_TRAIN_SIZE", "LR_TEST_TRAIN_SIZE", "GROUP_TRAIN_SIZE"):
+        if params[name] < params["BATCH_SIZE"]:
+            raise ValueError(f"parameter {name} = {params[name]!r} is not allowed: it must hold at least one batch "
+                             f"of BATCH_SIZE = {params['BATCH_SIZE']} images")
+    if params["LR_TEST_MIN"] >= params["LR_TEST_MAX"]:
+        raise ValueError(f"parameter LR_TEST_MIN = {params['LR_TEST_MIN']!r} is not allowed: the range test raises "
+                         f"the learning rate, so it must be below LR_TEST_MAX = {params['LR_TEST_MAX']!r}")

@@ -1,0 +1,200 @@
+"""Every figure of the study: training curves, misclassified digits, seeds, the micro-batch sweep, the range
+test, activations, the group count and the weight magnitudes. Each returns its figure and saves it as PNG when
+given a path."""
+import math
+import statistics
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+from probes import _epochs, _finals_by_group, divergence_step, smoothed
+from stats import _sweep_points, by_name, common_seeds, paired_by_seed, summarize
+from utils import MNIST_MEAN, MNIST_STD, conv_weights
+
+
+def trained_on(histories):
+    """Where the runs were trained, for figure notes: "trained on CPU (1 threads), torch 2.14.1+cu130"."""
+    return "trained on " + " and ".join(sorted({h.get("trained_on", "an unrecorded device") for h in histories}))
+
+
+def plot_per_seed(histories, path=None, note=None):
+    """Final test accuracy of each configuration, a line per seed joining its runs: parallel lines mean the seed moves
+    all configurations alike, which the paired test uses."""
+    paired = paired_by_seed(histories)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, seed in enumerate(common_seeds(histories)):
+        ax.plot(list(paired), [values[i] for values in paired.values()], marker="o", label=f"seed {seed}")
+    ax.set(xlabel="configuration", ylabel="final test accuracy (%)", title="Each seed's runs, paired")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _finish(fig, path, note)
+
+
+def plot_micro_batch_sweep(histories, path=None, note=None):
+    """Final test error against the micro-batch size, one line per normalization: mean over seeds, bars +-1 sd.
+
+    A diverged run is drawn as an x at the top edge, labelled, so it cannot set the scale of the plot.
+    """
+    points, failed = _sweep_points(histories)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, by_size) in enumerate(points.items()):
+        sizes = [s for s in sorted(by_size) if by_size[s]]
+        errors = [summarize([100 - acc for acc in by_size[s]]) for s in sizes]
+        if sizes:
+            ax.errorbar(sizes, [e["mean"] for e in errors], yerr=[0 if e["n"] == 1 else e["std"] for e in errors],
+                        color=f"C{i}", capsize=3, marker="o", markersize=4, label=name)
+        lost = [s for s in sorted(by_size) if failed.get((name, s))]
+        if lost:
+            ax.plot(lost, [0.97] * len(lost), "x", color=f"C{i}", markersize=9, transform=ax.get_xaxis_transform(),
+                    label=f"{name}: diverged")
+    ax.set_xscale("log", base=2)
+    if any(any(by_size.values()) for by_size in points.values()):  # nothing to log-scale when every run diverged
+        ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set(xlabel="micro-batch size (samples per forward pass; optimizer batch fixed)",
+           ylabel="final test error (%)", title="Micro-batch sensitivity (same steps, same samples)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _finish(fig, path, note)
+
+
+def plot_lr_range(curves, path=None, note=None):
+    """Smoothed training loss against the learning rate (log-log), a line per run, one colour per network; an x where
+    a run diverged."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, runs) in enumerate(by_name(curves).items()):
+        for j, c in enumerate(runs):
+            loss = smoothed(c["loss"])
+            ax.plot(c["lr"], loss, color=f"C{i}", linewidth=1, alpha=0.8, label=name if j == 0 else None)
+            step = divergence_step(c["loss"])
+            if step is not None and math.isfinite(loss[step]):
+                ax.plot(c["lr"][step], min(loss[step], 10), "x", color=f"C{i}", markersize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(top=10)
+    ax.set(xlabel="learning rate (raised exponentially over one epoch)", ylabel="training loss (smoothed, nats)",
+           title="Learning-rate range test (x: diverged)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _finish(fig, path, note)
+
+
+def plot_activation_statistics(activations, path=None, note=None):
+    """Each channel's (mean, sd) before (top row) and after (bottom row) the normalization, one column per network,
+    one colour per layer; o: trained weights, +: at initialization."""
+    names = list(dict.fromkeys(run["name"] for run in activations))
+    fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 7), sharex="row", sharey="row", squeeze=False)
+    for run in activations:
+        column, trained = names.index(run["name"]), run["weights"] == "trained"
+        for row, side in enumerate(("before", "after")):
+            for i, layer in enumerate(run["layers"]):
+                axes[row, column].scatter(layer[f"{side}_mean"], layer[f"{side}_sd"], s=14, alpha=0.75,
+                                          color=plt.cm.viridis(i / max(1, len(run["layers"]) - 1)),
+                                          marker="o" if trained else "+", label=f"layer {i + 1}" if trained else None)
+    for column, name in enumerate(names):
+        axes[0, column].set_title(f"{name}: before normalization")
+        axes[1, column].set_title(f"{name}: after (before scale and shift)")
+        for ax in axes[:, column]:
+            ax.set(xlabel="channel mean over (N, H, W)")
+            ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("channel sd over (N, H, W)")
+    axes[0, -1].legend(fontsize=7, title="o trained, + at init", title_fontsize=7)
+    return _finish(fig, path, note)
+
+
+def plot_group_sweep(histories, study_groups, path=None, note=None):
+    """Final test accuracy against the GroupNorm group count: the mean over seeds, a thin line per seed (paired
+    across group counts), the study's group count marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    by_groups = _finals_by_group(histories)
+    counts, seeds = sorted(by_groups), sorted({h["seed"] for h in histories})
+    for seed in seeds:
+        xs = [g for g in counts if seed in by_groups[g]]
+        ax.plot(xs, [by_groups[g][seed] for g in xs], color="C2", linewidth=0.8, alpha=0.45, marker=".",
+                label="each seed" if seed == seeds[0] else None)
+    means = [statistics.fmean(by_groups[g].values()) for g in counts]
+    ax.plot(counts, means, color="C2", marker="o", linewidth=2, label="mean over seeds")
+    ax.axvline(study_groups, color="0.5", linestyle="--", linewidth=1, label=f"the study's GN ({study_groups} groups)")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xticks(counts)
+    ax.set(xlabel="GroupNorm groups (1 = LayerNorm; 8 = one channel per group in 8-channel layers)",
+           ylabel="final test accuracy (%)", title=f"GroupNorm group count ({_epochs(histories[0])})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _finish(fig, path, note)
+
+
+def plot_weight_histograms(models, path=None, note=None):
+    """Distribution of |w| over all conv weights (pooled over seeds), log-spaced bins, one outline per configuration."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    bins = torch.logspace(-6, 0.5, 60).numpy()
+    for name, runs in models.items():
+        weights = torch.cat([w.detach().abs().flatten().cpu() for m in runs for w in conv_weights(m)])
+        ax.hist(weights.clamp(min=bins[0]).numpy(), bins=bins, histtype="step", linewidth=1.6,
+                weights=torch.full_like(weights, 100 / len(weights)).numpy(), label=name)
+    ax.set_xscale("log")
+    ax.set(xlabel="|w| of conv weights (values below 1e-6 in the first bin)", ylabel="% of conv weights",
+           title="Weight magnitudes")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _finish(fig, path, note)
+
+
+def _finish(fig, path, note=None):
+    """Lay out, put `note` (where the runs were trained) in the bottom-right corner, save as PNG when `path`."""
+    fig.tight_layout()
+    if note:
+        fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=7, color="0.4")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_metric(histories, key, ylabel, title, path=None, ylim=None, ax=None, note=None):
+    """`key` ("test_loss", "test_acc", ...) against the epoch: one line per configuration name, the mean over its
+    seeds, over a thin line for each seed (a spread that, unlike a +-sd band, stays within the quantity's range)."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4.2))
+    for name, runs in by_name(histories).items():
+        epochs = runs[0]["epoch"]
+        mean = [statistics.fmean(h[key][i] for h in runs) for i in range(len(epochs))]
+        label = name if len(runs) == 1 else f"{name} (mean of {len(runs)} seeds; thin: each seed)"
+        line, = ax.plot(epochs, mean, marker="o", markersize=3, label=label, zorder=3)
+        if len(runs) > 1:
+            for h in runs:
+                ax.plot(h["epoch"], h[key], color=line.get_color(), linewidth=0.7, alpha=0.45, zorder=2)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _finish(fig, path, note)
+
+
+def plot_train_curves(histories, path=None, note=None):
+    """Training loss and training accuracy (running, augmented) of every configuration, side by side."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    plot_metric(histories, "train_loss", "cross-entropy (nats)", "Training loss (running mean per epoch)", ax=left)
+    plot_metric(histories, "train_acc", "accuracy (%)", "Training accuracy (running, augmented batches)",
+                ax=right)
+    return _finish(fig, path, note)
+
+
+def plot_misclassified(images, mistakes, title, path=None, note=None):
+    """A 5x2 grid (5 rows, 2 columns) of misclassified digits, each titled with predicted, actual, probability."""
+    fig, axes = plt.subplots(5, 2, figsize=(4.4, 10))
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= len(mistakes["index"]):
+            continue
+        pixels = (images[mistakes["index"][i], 0] * MNIST_STD + MNIST_MEAN).clamp(0, 1).cpu().numpy()
+        ax.imshow(pixels, cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"predicted {mistakes['predicted'][i]} (p={mistakes['probability'][i]:.2f})\n"
+                     f"actual {mistakes['actual'][i]}  [#{mistakes['index'][i]}]", fontsize=9)
+    fig.suptitle(title)
+    return _finish(fig, path, note)

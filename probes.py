@@ -1,0 +1,300 @@
+"""The looks under the hood: the learning-rate range test (stored like a run), activation statistics by forward
+hooks, the GroupNorm group-count sweep and the analysis of what the regularizers did to the weights."""
+import copy
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model import Net
+from stats import _mean_sd, by_name, paired_test
+from store import _write_atomically, run_key, training_code_version
+from utils import batches, conv_weights, device_name, evaluate, make_optimizer, set_seed, train_epoch
+
+
+NORM_LAYERS = (nn.BatchNorm2d, nn.GroupNorm)
+
+
+def build_model(norm="bn", groups=4, dropout=0.05):
+    """Net(norm, groups, dropout); norm="none" gives the same net with every normalization layer replaced by the
+    identity: the unnormalized reference of the learning-rate range test.
+
+    Normalization layers draw no random numbers when built, so every variant starts from the same conv weights
+    for the same seed.
+    """
+    if norm != "none":
+        return Net(norm, groups, dropout)
+    model = Net("bn", groups, dropout)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, NORM_LAYERS):
+                setattr(parent, name, nn.Identity())
+    return model
+
+
+def exponential_lr(lr_min, lr_max, steps):
+    """The learning rate of step k = 0 .. steps - 1: from lr_min to lr_max by a constant factor per step."""
+    return lambda k: lr_min * (lr_max / lr_min) ** (k / max(1, steps - 1))
+
+
+def smoothed(values, beta=0.9):
+    """Bias-corrected exponential moving average of `values` (about the last 1 / (1 - beta) values weigh)."""
+    average, out = 0.0, []
+    for i, value in enumerate(values, 1):
+        average = beta * average + (1 - beta) * value
+        out.append(average / (1 - beta ** i))
+    return out
+
+
+def divergence_step(losses, give_back=0.5, min_improvement=0.1):
+    """The first step at which the smoothed loss is not finite or has given back more than `give_back` of its best
+    improvement on the starting loss (once that improvement was at least `min_improvement` of the start), or None.
+
+    A relative rule, because a net can blow up from a loss of 0.3 as well as from 1.2, while its loss cannot climb
+    far above chance (ln 10) once it predicts uniformly.
+    """
+    values = smoothed(losses)
+    lowest = math.inf
+    for step, loss in enumerate(values):
+        if not math.isfinite(loss):
+            return step
+        lowest = min(lowest, loss)
+        improvement = values[0] - lowest
+        if improvement >= min_improvement * values[0] and loss > lowest + give_back * improvement:
+            return step
+    return None
+
+
+def lr_range_test(spec, data):
+    """Train `build_model(**spec["model"])` for at most one epoch of spec["train_size"] images with the learning rate
+    raised exponentially from spec["lr_min"] to spec["lr_max"]; returns {"lr": [...], "loss": [...]} per step.
+
+    Same optimizer (SGD, Nesterov momentum), augmentation and one training loop as the study, no penalty; the loss
+    is each batch's, before its step. The whole epoch runs (the curve after divergence shows whether the net
+    recovers or collapses to chance) unless the loss stops being a number.
+    """
+    (train_x, train_y), _ = data
+    train_x, train_y = train_x[:spec["train_size"]], train_y[:spec["train_size"]]
+    set_seed(spec["seed"])
+    model = build_model(**spec["model"]).to(train_x.device)
+    steps = len(train_x) // spec["batch_size"]
+    optimizer = make_optimizer(model, spec["lr_min"])
+    lr_at = exponential_lr(spec["lr_min"], spec["lr_max"], steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_at(k) / spec["lr_min"])
+    curve = {"lr": [], "loss": []}
+    for batch in batches(train_x, train_y, spec["batch_size"], shuffle=True, drop_last=True):
+        curve["lr"].append(optimizer.param_groups[0]["lr"])
+        curve["loss"].append(train_epoch(model, optimizer, scheduler, [batch])[0])
+        if not math.isfinite(curve["loss"][-1]):
+            break
+    return curve
+
+
+LR_RANGE_CODE = (build_model, exponential_lr, lr_range_test)  # what decides a range test's curve
+
+
+def lr_range_spec(config, seed, batch_size=128, lr_min=1e-3, lr_max=100.0, train_size=60_000, device="cpu"):
+    """What sets a learning-rate range test's result, as a JSON-ready dict (its run store key, with LR_RANGE_CODE)."""
+    return {"kind": "lr_range_test", "name": config["name"], "model": dict(config["model"]), "seed": seed,
+            "batch_size": batch_size, "lr_min": float(lr_min), "lr_max": float(lr_max), "train_size": train_size,
+            "device": torch.device(device).type}
+
+
+def lr_range_or_load(specs, store, data, retrain=False):
+    """The curve of every range test in `specs`, loaded from the run store or run here and stored (one JSON each).
+
+    Each curve is {"name", "seed", "lr", "loss", "trained_on"}; a line per test says what was loaded or run.
+    """
+    curves = []
+    for spec in specs:
+        path = Path(store) / f"{run_key(spec, LR_RANGE_CODE)}.json"
+        entry = None
+        if path.exists() and not retrain:
+            try:
+                entry = json.loads(path.read_text())
+                how = f"loaded from the store (run {entry['trained_at']} on {entry['trained_on']})"
+            except (ValueError, KeyError) as error:
+                print(f"run store: entry {path} is unreadable ({type(error).__name__}: {error}); running it again")
+                entry = None
+        if entry is None:
+            start = time.perf_counter()
+            curve = lr_range_test(spec, data)
+            entry = {"key": path.stem, "spec": spec, "code_version": training_code_version(*LR_RANGE_CODE),
+                     "trained_on": device_name(spec["device"]), "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "seconds": time.perf_counter() - start, "torch": torch.__version__, "curve": curve}
+            Path(store).mkdir(parents=True, exist_ok=True)
+            _write_atomically(path, json.dumps(entry, indent=1).encode())
+            how = f"run now, {entry['seconds']:.0f} s"
+        curve = entry["curve"]
+        step = divergence_step(curve["loss"])
+        where = f"diverged at lr {curve['lr'][step]:.3g}" if step is not None else "did not diverge"
+        print(f"{spec['name']:>14} seed {spec['seed']}: {len(curve['loss'])} steps, {where} | {how}", flush=True)
+        curves.append({"name": spec["name"], "seed": spec["seed"], **curve,
+                       "trained_on": f"{entry['trained_on']}, torch {entry['torch']}"})
+    return curves
+
+
+def range_summary(curve):
+    """What one range test showed: its lowest smoothed loss and the learning rate there, the learning rate at which
+    it diverged (inf: never), and whether it learned at all (lowest smoothed loss below 90% of chance, ln 10)."""
+    loss = smoothed(curve["loss"])
+    step = divergence_step(curve["loss"])
+    lowest = min(loss)
+    return {"lowest": lowest, "best_lr": curve["lr"][loss.index(lowest)],
+            "diverged_lr": curve["lr"][step] if step is not None else math.inf, "learned": lowest < 0.9 * math.log(10)}
+
+
+def divergence_table(curves):
+    """Markdown: per network (median over seeds), the lowest smoothed loss and its learning rate, and the learning
+    rate at which the loss diverged, also per seed."""
+    rows = ["| network | seeds | lowest smoothed loss | at lr | diverged at lr | each seed |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name, runs in by_name(curves).items():
+        summaries = [range_summary(c) for c in runs]
+        at = [r["diverged_lr"] for r in summaries]
+        median = statistics.median(at)
+        verdict = ("never learned" if not any(r["learned"] for r in summaries)
+                   else f"{median:.3g}" if math.isfinite(median) else "not in the range")
+        rows.append(f"| {name} | {len(runs)} | {statistics.median(r['lowest'] for r in summaries):.2f} "
+                    f"| {statistics.median(r['best_lr'] for r in summaries):.3g} "
+                    f"| {verdict} | {', '.join(f'{lr:.3g}' if math.isfinite(lr) else '-' for lr in at)} |")
+    return "\n".join(rows)
+
+
+def _standardize(layer, x):
+    """What the normalization `layer` computes from its input `x` before its learned scale and shift (batch
+    statistics for BN, as in training)."""
+    if isinstance(layer, nn.BatchNorm2d):
+        return F.batch_norm(x, None, None, training=True, eps=layer.eps)
+    return F.group_norm(x, layer.num_groups, eps=layer.eps)
+
+
+@torch.no_grad()
+def activation_statistics(model, images):
+    """Per normalization layer, in order: each channel's mean and sd over the images and pixels (N, H, W) of the
+    layer's input and of its normalized output before the learned scale and shift.
+
+    Forward hooks on a copy of the model in training mode (BN with batch statistics, its running averages left
+    alone) with dropout off. Returns [{"channels", "before_mean", "before_sd", "after_mean", "after_sd"}, ...].
+    """
+    model = copy.deepcopy(model).train()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.eval()
+    found = []
+
+    def record(layer, inputs, output):
+        x = inputs[0]
+        z = _standardize(layer, x)
+        found.append({"channels": x.shape[1],
+                      "before_mean": x.mean((0, 2, 3)).tolist(), "before_sd": x.std((0, 2, 3), correction=0).tolist(),
+                      "after_mean": z.mean((0, 2, 3)).tolist(), "after_sd": z.std((0, 2, 3), correction=0).tolist()})
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, NORM_LAYERS)]
+    try:
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
+def _spread(values):
+    return f"{min(values):.2f} to {max(values):.2f}"
+
+
+def _pooled(run, key):
+    """The values of `key` ("after_mean", ...) over all channels of all layers of one activation_statistics run."""
+    return [v for layer in run["layers"] for v in layer[key]]
+
+
+def activation_table(activations):
+    """Markdown view of [{"name", "weights", "layers": activation_statistics(...)}, ...]: over all channels of all
+    normalized layers, the range of the per-channel mean and sd before and after the normalization."""
+    rows = ["| network | weights | channel means before | channel sds before | channel means after "
+            "| channel sds after |", "| --- | --- | --- | --- | --- | --- |"]
+    for run in activations:
+        rows.append(f"| {run['name']} | {run['weights']} | " + " | ".join(
+            _spread(_pooled(run, key)) for key in ("before_mean", "before_sd", "after_mean", "after_sd")) + " |")
+    return "\n".join(rows)
+
+
+def _epochs(history):
+    return f"{history['epoch'][-1]} epoch" + "s" * (history["epoch"][-1] != 1)
+
+
+def _group_count(history):
+    return history["config"]["model"]["groups"]
+
+
+def _finals_by_group(histories):
+    """{group count: {seed: final test accuracy}} of GroupNorm runs."""
+    finals = {}
+    for h in histories:
+        finals.setdefault(_group_count(h), {})[h["seed"]] = h["test_acc"][-1]
+    return finals
+
+
+def group_table(histories, study_groups):
+    """Markdown: final test accuracy per GroupNorm group count, and the paired difference from `study_groups`."""
+    by_groups = _finals_by_group(histories)
+    reference = by_groups.get(study_groups, {})
+    rows = [f"| groups | channels per group (8- / 16-channel layers) | seeds | final test acc | paired difference "
+            f"from {study_groups} groups (p) |", "| --- | --- | --- | --- | --- |"]
+    for groups in sorted(by_groups):
+        accs = by_groups[groups]
+        seeds = sorted(set(accs) & set(reference))
+        cell = "the study's GN" if groups == study_groups else "-"
+        if groups != study_groups and len(seeds) > 1:
+            d, _, _, p = paired_test([accs[s] for s in seeds], [reference[s] for s in seeds])
+            cell = f"{d:+.2f} points (p = {p:.2g})"
+        rows.append(f"| {groups}{' (= LN)' if groups == 1 else ''} | {8 // groups} / {16 // groups} | {len(accs)} "
+                    f"| {_mean_sd(list(accs.values()))} | {cell} |")
+    return "\n".join(rows)
+
+
+def near_zero_fraction(model, relative=0.01):
+    """Fraction of conv weights whose |w| is below `relative` times the largest |w| of their layer.
+
+    Relative, not absolute: a conv followed by a normalization layer computes the same function at any weight
+    scale, so only the size of a weight compared with its layer's weights says whether it matters.
+    """
+    small = sum((w.abs() < relative * w.abs().max()).sum().item() for w in conv_weights(model))
+    return small / sum(w.numel() for w in conv_weights(model))
+
+
+def regularizer_report(models, data):
+    """For each {name: [model, ...]} (one per seed), the near-zero fraction of conv weights and the generalization
+    gap of the final models: loss and accuracy on the clean (unaugmented) training set vs the test set.
+
+    Returns {name: {"near_zero": [...], "train_loss": [...], "train_acc": [...], "test_loss": [...],
+    "test_acc": [...]}}, one entry per model.
+    """
+    (train_x, train_y), (test_x, test_y) = data
+    report = {}
+    for name, runs in models.items():
+        rows = report[name] = {"near_zero": [], "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
+        for model in runs:
+            train_loss, train_acc = evaluate(model, train_x, train_y)
+            test_loss, test_acc = evaluate(model, test_x, test_y)
+            for key, value in zip(rows, (near_zero_fraction(model), train_loss, train_acc, test_loss, test_acc)):
+                rows[key].append(value)
+    return report
+
+
+def regularizer_table(report):
+    """Markdown view of regularizer_report: mean +- sd over seeds of each figure and of the train-test gaps."""
+    rows = ["| configuration | seeds | near-zero conv weights | clean train acc | test acc "
+            "| accuracy gap (train - test) | loss gap (test - train) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in report.items():
+        acc_gap = [a - b for a, b in zip(r["train_acc"], r["test_acc"])]
+        loss_gap = [b - a for a, b in zip(r["train_loss"], r["test_loss"])]
+        rows.append(f"| {name} | {len(r['test_acc'])} | {_mean_sd([100 * f for f in r['near_zero']], '%', 1)} "
+                    f"| {_mean_sd(r['train_acc'])} | {_mean_sd(r['test_acc'])} | {_mean_sd(acc_gap, ' pts')} "
+                    f"| {_mean_sd(loss_gap, '', 4)} |")
+    return "\n".join(rows)

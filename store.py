@@ -1,0 +1,204 @@
+"""The run store and parallel runs: a run's spec and key (a hash of the spec and of the training code), saving and
+loading entries, and train_or_load, which loads what the store has and trains the rest in worker processes."""
+import ast
+import functools
+import hashlib
+import inspect
+import io
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import joblib
+import torch
+from tqdm import tqdm
+
+from model import Net
+from utils import (MNIST_MEAN, MNIST_STD, augment, batches, conv_weights, device_name, evaluate, l1_penalty,
+                   load_mnist, make_optimizer, make_scheduler, predict, set_seed, train_epoch, train_model)
+
+
+def run_spec(config, seed, epochs, batch_size=128, max_lr=0.1, device="cpu", train_size=60_000,
+             micro_batch_size=None):
+    """Everything that sets a training run's result, as a JSON-ready dict: the run store's key and a worker's job.
+
+    `config` is {"name", "model", "l1", "l2"} as for train_model; the run trains on the first `train_size`
+    training images. Only the device type counts (cpu / cuda), not which GPU or how many threads.
+    """
+    return {"name": config["name"], "model": dict(config.get("model", {})), "l1": float(config.get("l1", 0.0)),
+            "l2": float(config.get("l2", 0.0)), "seed": seed, "epochs": epochs, "batch_size": batch_size,
+            "micro_batch_size": micro_batch_size or batch_size, "max_lr": float(max_lr), "train_size": train_size,
+            "device": torch.device(device).type}
+
+
+def _without_docstrings(source):
+    """The AST of `source` as text, docstrings and comments left out: the code's meaning, not its wording."""
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def training_code_version(*extra_code):
+    """A hash of the code that decides a run's numbers: model.py, the training and test functions, the data constants,
+    and the functions `extra_code` of an experiment that trains its own way (the learning-rate range test).
+
+    Part of every run's key, so a stored run is never reused after that code changes; editing a docstring,
+    a comment, a plot or a table leaves it alone.
+    """
+    return _code_hash(TRAINING_CODE + extra_code)
+
+
+@functools.cache  # once per process and set of functions: editing utils.py while runs train must not change their keys
+def _code_hash(functions):
+    import model as model_module
+    sources = [inspect.getsource(model_module)] + [inspect.getsource(f) for f in functions]
+    text = "\n".join(map(_without_docstrings, sources)) + repr((MNIST_MEAN, MNIST_STD))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_key(spec, extra_code=()):
+    """The store key of a run: a hash of its spec (without the display name) and of the training code."""
+    identity = {k: v for k, v in spec.items() if k != "name"}
+    identity["code"] = training_code_version(*extra_code)
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _write_atomically(path, data):
+    """Write bytes to `path` through a temporary file and a rename: readers see the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_run(store, spec, model, history, trained_on):
+    """Store a finished run: `<key>.pt` (the state_dict), then `<key>.json` (spec, history, when, where, weights hash).
+
+    The JSON is written last, so an entry without it, or with a different weights hash, is incomplete.
+    """
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    key = run_key(spec)
+    buffer = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
+    weights = buffer.getvalue()
+    _write_atomically(store / f"{key}.pt", weights)
+    entry = {"key": key, "spec": spec, "code_version": training_code_version(),
+             "trained_on": trained_on, "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "seconds": sum(history["seconds"]), "torch": torch.__version__,
+             "weights_sha256": hashlib.sha256(weights).hexdigest(), "history": history}
+    _write_atomically(store / f"{key}.json", json.dumps(entry, indent=1).encode())
+    return key
+
+
+def load_run(store, spec, device="cpu"):
+    """The stored (model, entry) of `spec`, or None when there is none; a damaged entry is reported, never used."""
+    key = run_key(spec)
+    path = Path(store) / f"{key}.json"
+    if not path.exists():
+        return None
+    try:
+        entry = json.loads(path.read_text())
+        weights = (Path(store) / f"{key}.pt").read_bytes()
+        if entry["key"] != key or hashlib.sha256(weights).hexdigest() != entry["weights_sha256"]:
+            raise ValueError("its weights file does not match the hash recorded in its JSON")
+        model = Net(**spec["model"])
+        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+        entry["history"].update(name=spec["name"], trained_on=f"{entry['trained_on']}, torch {entry['torch']}")
+    except Exception as error:  # truncated or garbled JSON, a missing or damaged .pt, a wrong layout
+        print(f"run store: entry {path} is unreadable ({type(error).__name__}: {error}); training it again",
+              flush=True)
+        return None
+    return model.to(device), entry
+
+
+@functools.cache
+def cached_mnist(root, device):
+    """load_mnist, once per process: the notebook and each worker hold one copy of the data."""
+    return load_mnist(root, device)
+
+
+def train_and_store(spec, store, data_dir="data", threads=None):
+    """Train the run `spec` on the first spec["train_size"] training images and store it; returns its store key.
+
+    This is one job of a parallel worker, and the same call in the notebook's own process; `threads` sets
+    torch's thread count there (the thread count changes the last digits of the results).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(spec["device"])
+    (train_x, train_y), test = cached_mnist(data_dir, device)
+    data = ((train_x[:spec["train_size"]], train_y[:spec["train_size"]]), test)
+    config = {k: spec[k] for k in ("name", "model", "l1", "l2")}
+    model, history = train_model(config, data, spec["epochs"], spec["batch_size"], spec["max_lr"], spec["seed"],
+                                 device, progress=False, micro_batch_size=spec["micro_batch_size"])
+    return save_run(store, spec, model, history, device_name(device))
+
+
+def default_workers(device):
+    """Parallel runs that suit `device`: one per CPU core on the CPU (this small net uses two threads poorly),
+    one on a GPU."""
+    return (os.cpu_count() or 1) if torch.device(device).type == "cpu" else 1
+
+
+def describe_run(spec, entry, trained_now):
+    """One log line per run: its name, seed, final test accuracy, and whether it was trained now or loaded."""
+    h = entry["history"]
+    how = "trained now" if trained_now else f"loaded from the store (trained {entry['trained_at']}"
+    how += f" on {entry['trained_on']}, {entry['seconds']:.0f} s" + ("" if trained_now else ")")
+    extra = "" if spec["micro_batch_size"] == spec["batch_size"] else f" micro-batch {spec['micro_batch_size']:3d}"
+    return f"{spec['name']:>8}{extra} seed {spec['seed']}: final test acc {h['test_acc'][-1]:6.2f}% | {how}"
+
+
+def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False):
+    """(model, history) for every spec, in order: loaded from `store` when there, trained and stored when not.
+
+    Missing runs train in `workers` parallel processes (joblib), one torch thread each, or in this process
+    when `workers` is 1; each is stored the moment it ends, so an interrupted call loses only the runs in
+    progress. Prints a line per run and a progress bar over the runs; `retrain` trains every spec anew.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    results = [None if retrain else load_run(store, spec) for spec in specs]
+    for spec, result in zip(specs, results):
+        if result:
+            print(describe_run(spec, result[1], trained_now=False), flush=True)
+    todo = [spec for spec, result in zip(specs, results) if result is None]
+    if todo:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        if workers == 1:
+            jobs = (train_and_store(spec, store, data_dir) for spec in todo)
+        else:
+            jobs = joblib.Parallel(n_jobs=workers, return_as="generator_unordered")(
+                joblib.delayed(train_and_store)(spec, store, data_dir, threads) for spec in todo)
+        with tqdm(total=len(todo), desc=f"training {len(todo)} runs on {workers} worker(s)", unit="run",
+                  file=sys.stdout, ncols=110, ascii=" #") as bar:
+            for key in jobs:
+                entry = json.loads((Path(store) / f"{key}.json").read_text())
+                bar.write(describe_run(entry["spec"], entry, trained_now=True))
+                bar.update()
+    loaded = [result or load_run(store, spec) for spec, result in zip(specs, results)]
+    if any(result is None for result in loaded):
+        raise RuntimeError(f"run store {store}: a run just trained could not be read back")
+    return [(model.to(torch.device(spec["device"])), entry["history"]) for spec, (model, entry) in zip(specs, loaded)]
+
+
+TRAINING_CODE = (set_seed, augment, batches, conv_weights, l1_penalty, make_optimizer, make_scheduler, train_epoch,
+                 predict, evaluate, train_model)
+
+
+def save_histories(histories, path):
+    """Write a list of histories to a JSON file."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(histories, indent=1))
+
+
+def load_histories(path):
+    """Read the list of histories written by save_histories."""
+    return json.loads(Path(path).read_text())
