@@ -2,6 +2,8 @@
 (check_parameters), so that a wrong value stops the notebook with a message before any data loads."""
 import math
 import os
+import tempfile
+from pathlib import Path
 
 from model import Net
 
@@ -75,6 +77,11 @@ def check_parameters(params):
     for name, (ok, allowed) in PARAMETER_RULES.items():
         if not ok(params[name]):
             raise ValueError(f"parameter {name} = {params[name]!r} is not allowed: it must be {allowed}")
+        if isinstance(params[name], list):
+            repeated = sorted({v for i, v in enumerate(params[name]) if v in params[name][:i]})
+            if repeated:
+                raise ValueError(f"parameter {name} = {params[name]!r} is not allowed: it repeats "
+                                 f"{', '.join(map(str, repeated))}, and each repeat would count the same runs again")
     if max(params["SWEEP_MICRO_BATCHES"]) > params["BATCH_SIZE"]:
         raise ValueError(f"parameter SWEEP_MICRO_BATCHES = {params['SWEEP_MICRO_BATCHES']!r} is not allowed: a "
                          f"micro-batch cannot exceed BATCH_SIZE = {params['BATCH_SIZE']}")
@@ -85,3 +92,28 @@ def check_parameters(params):
     if params["LR_TEST_MIN"] >= params["LR_TEST_MAX"]:
         raise ValueError(f"parameter LR_TEST_MIN = {params['LR_TEST_MIN']!r} is not allowed: the range test raises "
                          f"the learning rate, so it must be below LR_TEST_MAX = {params['LR_TEST_MAX']!r}")
+    for name in ("RUNS_DIR", "OUTPUT_DIR"):
+        check_writable_folder(name, params[name])
+
+
+def check_writable_folder(name, path):
+    """Stop with a ValueError naming the parameter, the path and the problem unless `path` is a folder this process
+    can write into, or can be created as one: checked before the data loads, not after the first run has trained."""
+    path = Path(path)
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    elif not _can_write_into(existing):
+        problem = f"{existing} is not writable" + ("" if existing == path else f", so {path} cannot be created there")
+    if problem:
+        raise ValueError(f"parameter {name} = {str(path)!r} is not allowed: {problem}")
+
+
+def _can_write_into(folder):
+    """Whether a file can be created in `folder`: tried, since permission bits alone miss read-only mounts and root."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False

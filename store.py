@@ -8,6 +8,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ import torch
 from tqdm import tqdm
 
 from model import Net
-from utils import (MNIST_MEAN, MNIST_STD, augment, batches, conv_weights, device_name, evaluate, l1_penalty,
-                   load_mnist, make_optimizer, make_scheduler, predict, set_seed, train_epoch, train_model)
+from utils import (MNIST_MEAN, MNIST_STD, augment, batches, conv_weights, device_name, evaluate, final_evaluation,
+                   l1_penalty, load_mnist, make_optimizer, make_scheduler, misclassified, predict, set_seed, train_epoch,
+                   train_model)
 
 
 def run_spec(config, seed, epochs, batch_size=128, max_lr=0.1, device="cpu", train_size=60_000,
@@ -70,29 +72,56 @@ def run_key(spec, extra_code=()):
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
+STALE_AFTER_SECONDS = 600  # a temporary file this old is left over from a killed save (a save takes milliseconds)
+
+
 def _write_atomically(path, data):
-    """Write bytes to `path` through a temporary file and a rename: readers see the old file or the new, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write bytes to `path` through a temporary file of this writer's own and a rename: readers see the old file or
+    the new, never half of one, and two writers never write into the same temporary file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(store, older_than=STALE_AFTER_SECONDS):
+    """Delete the temporary files (".<name>.<random>.tmp") that saves killed mid-write left in `store`; they are never
+    read, and this keeps them from piling up."""
+    now = time.time()
+    for tmp in Path(store).glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > older_than:
+                tmp.unlink()
+        except FileNotFoundError:  # another process removed or renamed it meanwhile
+            pass
 
 
 def save_run(store, spec, model, history, trained_on):
-    """Store a finished run: `<key>.pt` (the state_dict), then `<key>.json` (spec, history, when, where, weights hash).
+    """Store a finished run: its state_dict as `<key>.<hash>.pt`, then `<key>.json` (spec, history, when, where, and the
+    weights' file name and hash).
 
-    The JSON is written last, so an entry without it, or with a different weights hash, is incomplete.
+    The JSON is written last and names its own weights file, so an entry is complete once its JSON exists, and two
+    writers of the same key (two processes training the same missing run) leave a JSON beside the weights it names,
+    whichever renames last; the loser's weights file stays behind, unused.
     """
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(store)
     key = run_key(spec)
     buffer = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
     weights = buffer.getvalue()
-    _write_atomically(store / f"{key}.pt", weights)
+    digest = hashlib.sha256(weights).hexdigest()
+    weights_file = f"{key}.{digest[:16]}.pt"
+    _write_atomically(store / weights_file, weights)
     entry = {"key": key, "spec": spec, "code_version": training_code_version(),
              "trained_on": trained_on, "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
              "seconds": sum(history["seconds"]), "torch": torch.__version__,
-             "weights_sha256": hashlib.sha256(weights).hexdigest(), "history": history}
+             "weights_file": weights_file, "weights_sha256": digest, "history": history}
     _write_atomically(store / f"{key}.json", json.dumps(entry, indent=1).encode())
     return key
 
@@ -105,9 +134,11 @@ def load_run(store, spec, device="cpu"):
         return None
     try:
         entry = json.loads(path.read_text())
-        weights = (Path(store) / f"{key}.pt").read_bytes()
-        if entry["key"] != key or hashlib.sha256(weights).hexdigest() != entry["weights_sha256"]:
-            raise ValueError("its weights file does not match the hash recorded in its JSON")
+        if entry["key"] != key:
+            raise ValueError(f"it holds the run of key {entry['key']}, not {key}: copied or renamed from another entry")
+        weights = (Path(store) / entry["weights_file"]).read_bytes()
+        if hashlib.sha256(weights).hexdigest() != entry["weights_sha256"]:
+            raise ValueError(f"its weights file {entry['weights_file']} does not match the hash recorded in its JSON")
         model = Net(**spec["model"])
         model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
         entry["history"].update(name=spec["name"], trained_on=f"{entry['trained_on']}, torch {entry['torch']}")
@@ -147,12 +178,13 @@ def default_workers(device):
     return (os.cpu_count() or 1) if torch.device(device).type == "cpu" else 1
 
 
-def describe_run(spec, entry, trained_now):
-    """One log line per run: its name, seed, final test accuracy, and whether it was trained now or loaded."""
+def describe_run(spec, entry, trained_now, micro_batch=False):
+    """One log line per run: its name (and micro-batch, with `micro_batch`), seed, final test accuracy, and whether it
+    was trained now or loaded."""
     h = entry["history"]
     how = "trained now" if trained_now else f"loaded from the store (trained {entry['trained_at']}"
     how += f" on {entry['trained_on']}, {entry['seconds']:.0f} s" + ("" if trained_now else ")")
-    extra = "" if spec["micro_batch_size"] == spec["batch_size"] else f" micro-batch {spec['micro_batch_size']:3d}"
+    extra = f" micro-batch {spec['micro_batch_size']:3d}" if micro_batch else ""
     return f"{spec['name']:>8}{extra} seed {spec['seed']}: final test acc {h['test_acc'][-1]:6.2f}% | {how}"
 
 
@@ -165,10 +197,16 @@ def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    keys = [run_key(spec) for spec in specs]
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            raise ValueError(f"train_or_load was given the same run twice ({specs[i]}): it would count twice in "
+                             f"every mean and test; pass each run once")
+    sweep = any(spec["micro_batch_size"] != spec["batch_size"] for spec in specs)  # then every line names its size
     results = [None if retrain else load_run(store, spec) for spec in specs]
     for spec, result in zip(specs, results):
         if result:
-            print(describe_run(spec, result[1], trained_now=False), flush=True)
+            print(describe_run(spec, result[1], trained_now=False, micro_batch=sweep), flush=True)
     todo = [spec for spec, result in zip(specs, results) if result is None]
     if todo:
         threads = max(1, (os.cpu_count() or 1) // workers)
@@ -181,7 +219,7 @@ def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False
                   file=sys.stdout, ncols=110, ascii=" #") as bar:
             for key in jobs:
                 entry = json.loads((Path(store) / f"{key}.json").read_text())
-                bar.write(describe_run(entry["spec"], entry, trained_now=True))
+                bar.write(describe_run(entry["spec"], entry, trained_now=True, micro_batch=sweep))
                 bar.update()
     loaded = [result or load_run(store, spec) for spec, result in zip(specs, results)]
     if any(result is None for result in loaded):
@@ -190,7 +228,7 @@ def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False
 
 
 TRAINING_CODE = (set_seed, augment, batches, conv_weights, l1_penalty, make_optimizer, make_scheduler, train_epoch,
-                 predict, evaluate, train_model)
+                 predict, evaluate, train_model, final_evaluation, misclassified)
 
 
 def save_histories(histories, path):

@@ -38,7 +38,8 @@ def device_name(device):
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' * (threads != 1)})"
 
 
 def set_seed(seed):
@@ -163,8 +164,10 @@ def train_epoch(model, optimizer, scheduler, loader, l1=0.0, augment_batch=augme
     """One training pass over `loader`, an iterable of (images, labels) batches, each augmented by `augment_batch`.
 
     Each batch is one optimizer step. With `micro_batch_size`, the model sees the batch in chunks of that many
-    samples and their gradients are summed before the step (gradient accumulation): the step equals the whole
-    batch's for LN and GN, while BN normalizes with each chunk's own statistics. Returns (mean loss, accuracy %)
+    samples and their gradients are summed before the step (gradient accumulation, what a GPU too small for the batch
+    does): the step equals the whole batch's for LN and GN, while BN normalizes with each chunk's own statistics. The
+    study's micro-batch sweep gets BN's chunk statistics in one pass instead (Net's micro_batch); this is the
+    reference that one pass is tested against. Returns (mean loss, accuracy %)
     over the epoch: running, sample-weighted figures while the weights change, of the cross-entropy alone
     (without the L1 term). The scheduler steps once per batch. `on_step()` is called after each step.
     """
@@ -224,19 +227,21 @@ def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seed=1, device
     """Build `Net(**config["model"])`, train it for `epochs` and test after each; returns (model, history).
 
     `config` is {"name": ..., "model": Net kwargs, "l1": lambda, "l2": lambda}. The history holds plain
-    numbers per epoch (JSON-ready) plus the config, seed and parameter count. `micro_batch_size` (see
-    train_epoch) splits each batch of `batch_size` for the forward passes only.
+    numbers per epoch (JSON-ready) plus the config, seed, parameter count and the final model's final_evaluation.
+    A `micro_batch_size` below `batch_size` makes BatchNorm take its statistics over groups of that many samples
+    (Net's micro_batch, ghost batch normalization) in one pass over each batch of `batch_size`.
     """
     (train_x, train_y), (test_x, test_y) = data
+    if micro_batch_size is not None and not 1 <= micro_batch_size <= batch_size:
+        raise ValueError(f"micro_batch_size must be between 1 and batch_size {batch_size}, got {micro_batch_size}")
     set_seed(seed)
-    model = Net(**config.get("model", {})).to(device)
+    ghost = micro_batch_size if micro_batch_size and micro_batch_size < batch_size else None
+    model = Net(**config.get("model", {}), micro_batch=ghost).to(device)
     l1, l2 = config.get("l1", 0.0), config.get("l2", 0.0)
     optimizer = make_optimizer(model, max_lr, l2)
     steps = len(train_x) // batch_size
     if steps == 0:
         raise ValueError(f"batch_size {batch_size} is larger than the {len(train_x)} training images")
-    if micro_batch_size is not None and not 1 <= micro_batch_size <= batch_size:
-        raise ValueError(f"micro_batch_size must be between 1 and batch_size {batch_size}, got {micro_batch_size}")
     scheduler = make_scheduler(optimizer, max_lr, epochs * steps)
     history = {"name": config["name"], "config": config, "seed": seed, "batch_size": batch_size,
                "micro_batch_size": micro_batch_size or batch_size, "max_lr": max_lr, "params": count_parameters(model),
@@ -247,8 +252,7 @@ def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seed=1, device
                   disable=not progress, mininterval=1.0, ncols=110, ascii=" #") as bar:
             lr = optimizer.param_groups[0]["lr"]
             loader = batches(train_x, train_y, batch_size, shuffle=True, drop_last=True)
-            train_loss, train_acc = train_epoch(model, optimizer, scheduler, loader, l1, on_step=bar.update,
-                                                micro_batch_size=micro_batch_size)
+            train_loss, train_acc = train_epoch(model, optimizer, scheduler, loader, l1, on_step=bar.update)
             test_loss, test_acc = evaluate(model, test_x, test_y)
             seconds = time.perf_counter() - start
             bar.set_postfix_str(f"train {train_loss:.4f} {train_acc:.2f}% | test {test_loss:.4f} "
@@ -256,4 +260,15 @@ def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seed=1, device
         for key, value in zip(("epoch", "lr", "seconds", "train_loss", "train_acc", "test_loss", "test_acc"),
                               (epoch, lr, seconds, train_loss, train_acc, test_loss, test_acc)):
             history[key].append(value)
+    history["final"] = final_evaluation(model, data)
     return model, history
+
+
+def final_evaluation(model, data):
+    """The final model in eval mode on the clean (unaugmented) training images it trained on and on the test set, and
+    its 10 most confident test mistakes: stored with each run, so that the notebook reads them instead of recomputing.
+    """
+    (train_x, train_y), (test_x, test_y) = data
+    (train_loss, train_acc), (test_loss, test_acc) = evaluate(model, train_x, train_y), evaluate(model, test_x, test_y)
+    return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+            "misclassified": misclassified(model, test_x, test_y)}

@@ -1,5 +1,6 @@
 """Bad input stops early with an error that names the problem: damaged MNIST files, wrong notebook parameters."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -112,11 +113,9 @@ def notebook_cells():
     return [c for c in json.loads((ROOT / "experiments.ipynb").read_text())["cells"] if c["cell_type"] == "code"]
 
 
-@pytest.mark.parametrize("env, message", [({"EPOCHS": "0"}, "parameter EPOCHS = 0"),
-                                          ({"SWEEP_MICRO_BATCHES": "2,-8"}, "parameter SWEEP_MICRO_BATCHES = [2, -8]")])
-def test_the_notebook_stops_on_a_wrong_parameter_before_loading_data(monkeypatch, env, message):
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+def run_the_notebook_up_to_its_check():
+    """Execute the parameters cell and the next cell up to its check_parameters line, which must come before the data
+    loads or a device is chosen."""
     cells = notebook_cells()
     parameters = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
     setup = "".join(cells[cells.index(parameters) + 1]["source"])
@@ -124,5 +123,59 @@ def test_the_notebook_stops_on_a_wrong_parameter_before_loading_data(monkeypatch
     assert check < setup.index("cached_mnist") and check < setup.index("get_device")
     namespace = {}
     exec("".join(parameters["source"]), namespace)
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        exec(setup[:check] + setup[check:].split("\n")[0], namespace)
+    exec(setup[:check] + setup[check:].split("\n")[0], namespace)
+
+
+@pytest.mark.parametrize("env, message", [({"EPOCHS": "0"}, "parameter EPOCHS = 0"),
+                                          ({"SWEEP_MICRO_BATCHES": "2,-8"}, "parameter SWEEP_MICRO_BATCHES = [2, -8]")])
+def test_the_notebook_stops_on_a_wrong_parameter_before_loading_data(monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_the_notebook_up_to_its_check()
+
+
+@pytest.mark.parametrize("name, value, repeated", [("SWEEP_MICRO_BATCHES", [2, 2, 128, 128], "2, 128"),
+                                                   ("GROUP_COUNTS", [4, 1, 4], "4")])
+def test_a_list_parameter_with_a_repeated_value_is_refused_naming_the_value(name, value, repeated):
+    with pytest.raises(ValueError, match=rf"parameter {name} = .* it repeats {repeated}, and each repeat would count"):
+        params.check_parameters(dict(good_parameters(), **{name: value}))
+
+
+CANDIDATES = [0, -1, 2.5, 0.0, 1.0, 1e9, 3, True, "", "yes", [], [0], [3], [2, 256], None]
+
+
+@pytest.mark.parametrize("name", list(params.PARAMETER_RULES))
+def test_every_rule_in_the_table_rejects_some_value_and_the_check_names_the_parameter(name):
+    ok, _ = params.PARAMETER_RULES[name]
+    rejected = [value for value in CANDIDATES if not ok(value)]
+    assert rejected, f"the rule of {name} accepts everything"
+    with pytest.raises(ValueError, match=f"parameter {name} = "):
+        params.check_parameters(dict(good_parameters(), **{name: rejected[0]}))
+
+
+def test_every_parameter_of_the_notebook_has_a_rule():
+    """A parameter without a rule (or a rule dropped from the table) would let a value like SWEEP_EPOCHS=0 through."""
+    cells = notebook_cells()
+    parameters = "".join(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))["source"])
+    names = set(re.findall(r'^([A-Z_0-9]+) = from_env\("\1"', parameters, re.M))
+    assert names and names == set(params.PARAMETER_RULES) == set(good_parameters())
+
+
+@pytest.mark.parametrize("name", ["RUNS_DIR", "OUTPUT_DIR"])
+def test_a_folder_parameter_that_cannot_be_written_is_refused_before_anything_runs(tmp_path, name):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(ValueError, match=f"parameter {name} = '{a_file}/runs' is not allowed: {a_file} is a file"):
+        params.check_parameters(dict(good_parameters(), **{name: str(a_file / "runs")}))
+    with pytest.raises(ValueError, match=f"parameter {name} = '/proc/bn-ln-gn' is not allowed: /proc is not writable"):
+        params.check_parameters(dict(good_parameters(), **{name: "/proc/bn-ln-gn"}))
+    params.check_parameters(dict(good_parameters(), **{name: str(tmp_path / "new" / "folder")}))  # creatable: fine
+    assert not (tmp_path / "new").exists()  # the check creates nothing
+
+
+def test_the_notebook_stops_on_an_unwritable_run_store_before_loading_data(monkeypatch, tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    with pytest.raises(ValueError, match="parameter RUNS_DIR = .* is a file, not a folder"):
+        run_the_notebook_up_to_its_check()

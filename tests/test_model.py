@@ -1,8 +1,10 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from model import Net
+import utils
+from model import GhostBatchNorm2d, Net
 
 EXPECTED_NORM_LAYER = {"bn": nn.BatchNorm2d, "ln": nn.GroupNorm, "gn": nn.GroupNorm}
 
@@ -79,8 +81,51 @@ def test_groupnorm_is_independent_of_other_samples_and_batchnorm_is_not():
     ({"norm": "gn", "groups": 0}, "groups must be a positive int"),
     ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
     ({"dropout": -0.1}, "dropout must be in [0, 1), got -0.1"),
+    ({"norm": "ln", "micro_batch": 4}, "micro_batch applies to BatchNorm only, not norm='ln'"),
+    ({"micro_batch": 0}, "micro_batch must be a positive int or None, got 0"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError) as error:
         Net(**kwargs)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("micro_batch", [2, 16])
+def test_ghost_batchnorm_in_one_pass_equals_gradient_accumulation_over_micro_batches(tiny, micro_batch):
+    """One step of Net(micro_batch=m) over 128 digits gives the loss, every gradient and the running statistics that
+    128 / m forward and backward passes of plain BatchNorm give (dropout off: the two draw their masks differently).
+    In float64, so that the tolerance is tight: float32 rounding, amplified through eight layers, differs by ~1e-5."""
+    (train_x, train_y), _ = tiny
+    batch = [(train_x[:128].double(), train_y[:128])]
+    results = []
+    for ghost, accumulate in ((micro_batch, None), (None, micro_batch)):
+        torch.manual_seed(0)
+        model = Net("bn", dropout=0.0, micro_batch=ghost).double()
+        optimizer = utils.make_optimizer(model, 0.05)
+        scheduler = utils.make_scheduler(optimizer, 0.05, 10)
+        loss, _ = utils.train_epoch(model, optimizer, scheduler, batch, augment_batch=None, micro_batch_size=accumulate)
+        results.append((loss, {n: p.grad for n, p in model.named_parameters()}, model.state_dict()))
+    (ghost_loss, ghost_grads, ghost_state), (loss, grads, state) = results
+    assert ghost_loss == pytest.approx(loss, rel=1e-12)
+    for name, grad in grads.items():
+        torch.testing.assert_close(ghost_grads[name], grad, rtol=1e-9, atol=1e-12, msg=f"gradient of {name}")
+    buffers = [k for k in state if "running" in k or "num_batches" in k]
+    assert len(buffers) == 18 and state["features.0.1.num_batches_tracked"] == 128 // micro_batch
+    for name in buffers:
+        torch.testing.assert_close(ghost_state[name], state[name], rtol=1e-9, atol=1e-12, msg=f"buffer {name}")
+
+
+def test_ghost_batchnorm_is_batchnorm_at_eval_and_when_the_group_is_the_whole_batch():
+    x = torch.randn(8, 4, 5, 5)
+    plain, ghost, whole = nn.BatchNorm2d(4), GhostBatchNorm2d(4, 2), GhostBatchNorm2d(4, 8)
+    torch.testing.assert_close(whole(x), plain(x))
+    torch.testing.assert_close(whole.running_var, plain.running_var)
+    ghost.load_state_dict(plain.state_dict())
+    ghost.eval(), plain.eval()
+    torch.testing.assert_close(ghost(x), plain(x))
+    ghost.train()
+    groups = torch.cat([F.batch_norm(part, None, None, training=True) for part in x.split(2)])
+    torch.testing.assert_close(ghost(x), groups, rtol=1e-5, atol=1e-5)
+    odd = GhostBatchNorm2d(4, 3)  # 8 = 3 + 3 + 2: the last, smaller group is its own
+    torch.testing.assert_close(odd(x), torch.cat([F.batch_norm(p, None, None, training=True) for p in x.split(3)]),
+                               rtol=1e-5, atol=1e-5)

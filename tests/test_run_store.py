@@ -1,13 +1,19 @@
 """The run store and the parallel runs: a stored run is the run that was trained, reused only when nothing that
 decides its numbers has changed, and a worker's run equals the same run in this process."""
+import inspect
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+import probes
 import store
 import utils
+from model import Net
 
 GN = {"name": "GN", "model": {"norm": "gn"}}
 
@@ -80,7 +86,8 @@ def test_a_run_from_older_training_code_is_not_reused(tmp_path, capsys, monkeypa
 def test_a_damaged_entry_is_reported_and_trained_again(tmp_path, capsys, damage):
     [(_, history)] = store.train_or_load([tiny_spec()], tmp_path)
     key = store.run_key(tiny_spec())
-    entry, weights = tmp_path / f"{key}.json", tmp_path / f"{key}.pt"
+    entry = tmp_path / f"{key}.json"
+    weights = tmp_path / json.loads(entry.read_text())["weights_file"]
     if damage == "truncate json":
         entry.write_text(entry.read_text()[:100])
     elif damage == "garble weights":
@@ -101,7 +108,7 @@ def test_a_damaged_entry_is_reported_and_trained_again(tmp_path, capsys, damage)
 
 def test_weights_without_their_json_are_an_unfinished_entry_not_a_run(tmp_path):
     """A run killed between writing the weights and the JSON leaves no entry that load_run would use."""
-    (tmp_path / f"{store.run_key(tiny_spec())}.pt").write_bytes(b"half")
+    (tmp_path / f"{store.run_key(tiny_spec())}.0123456789abcdef.pt").write_bytes(b"half")
     assert store.load_run(tmp_path, tiny_spec()) is None
 
 
@@ -121,7 +128,7 @@ def test_a_run_in_a_worker_equals_the_same_run_in_this_process(tmp_path):
                                                                        if k != "seconds"}
         assert same_weights(model_here, model_worker)
     entries = [json.loads(p.read_text()) for p in (tmp_path / "workers").glob("*.json")]
-    assert {e["trained_on"] for e in entries} == {"CPU (1 threads)"}
+    assert {e["trained_on"] for e in entries} == {"CPU (1 thread)"}
 
 
 def test_workers_must_be_positive(tmp_path):
@@ -155,3 +162,102 @@ def test_every_committed_entry_is_found_under_the_key_of_its_own_spec():
         entry = json.loads(path.read_text())
         extra = LR_RANGE_CODE if entry["spec"].get("kind") == "lr_range_test" else ()
         assert store.run_key(entry["spec"], extra) == path.stem == entry["key"], f"{path.name} is not found by its spec"
+
+
+def mutated(value):
+    """Another value of the same JSON type: what a changed setting looks like in a spec."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "-other"
+    if isinstance(value, dict):
+        return {**value, "changed": 1}
+    raise TypeError(f"no mutation for {value!r}")
+
+
+@pytest.mark.parametrize("spec", [tiny_spec(), probes.lr_range_spec(GN, seed=1, train_size=512)],
+                         ids=["run", "range test"])
+def test_every_field_of_a_spec_but_the_display_name_changes_its_key(spec):
+    """Built from the spec itself, so that a field added later is covered too."""
+    extra = probes.LR_RANGE_CODE if spec.get("kind") else ()
+    for field, value in spec.items():
+        changed = store.run_key({**spec, field: mutated(value)}, extra)
+        assert (changed == store.run_key(spec, extra)) == (field == "name"), f"field {field!r}"
+
+
+def test_the_spec_holds_every_setting_train_model_takes():
+    """A setting that train_model takes but the spec lacks would let the store hand back a stale run after it
+    changed (as L2_LAMBDA or BATCH_SIZE would, left out of the spec)."""
+    taken = set(inspect.signature(utils.train_model).parameters) - {"config", "data", "progress"}
+    spec = tiny_spec()
+    assert taken <= set(spec), f"missing from run_spec: {taken - set(spec)}"
+    assert {"name", "model", "l1", "l2"} <= set(spec)  # the config's fields
+    assert "train_size" in spec  # train_and_store slices the data by it
+
+
+def test_the_same_run_twice_is_refused_with_the_spec_named(tmp_path):
+    with pytest.raises(ValueError, match="the same run twice .*'seed': 1.* it would count twice"):
+        store.train_or_load([tiny_spec(), tiny_spec(seed=2), tiny_spec(name="GN again")], tmp_path)
+    assert not list(tmp_path.iterdir())  # refused before anything trained
+
+
+def test_weights_are_renamed_into_place_before_the_json_and_neither_is_written_in_place(tmp_path, monkeypatch):
+    model = Net("gn")
+    renames, replace = [], os.replace
+    monkeypatch.setattr(store.os, "replace", lambda src, dst: (renames.append((Path(src), Path(dst))),
+                                                                replace(src, dst)))
+    key = store.save_run(tmp_path, tiny_spec(), model, {"seconds": [1.0]}, "CPU")
+    entry = json.loads((tmp_path / f"{key}.json").read_text())
+    assert [dst.name for _, dst in renames] == [entry["weights_file"], f"{key}.json"]
+    assert all(src.parent == tmp_path and src.name.startswith(".") and src.name.endswith(".tmp") for src, _ in renames)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([entry["weights_file"], f"{key}.json"])
+
+
+def test_a_killed_save_leaves_a_temporary_file_that_is_never_read_and_is_cleared_later(tmp_path):
+    key = store.run_key(tiny_spec())
+    stale = tmp_path / f".{key}.json.12345.tmp"
+    stale.write_text('{"key": "half a json')
+    assert store.load_run(tmp_path, tiny_spec()) is None  # not read as an entry
+    old = time.time() - 2 * store.STALE_AFTER_SECONDS
+    os.utime(stale, (old, old))
+    fresh = tmp_path / f".{key}.pt.999.tmp"  # a save in progress right now: left alone
+    fresh.write_bytes(b"")
+    store.save_run(tmp_path, tiny_spec(seed=2), Net("gn"), {"seconds": [1.0]}, "CPU")
+    assert not stale.exists() and fresh.exists()
+
+
+@pytest.mark.parametrize("first", ["A", "B"])
+def test_two_writers_of_one_key_leave_an_entry_whose_json_and_weights_belong_together(tmp_path, monkeypatch, first):
+    """Writer A stops right after its weights are in place; writer B saves the same key completely; then A ends.
+    Either way round, the entry loads, with the weights its JSON names."""
+    torch.manual_seed(1)
+    models = {"A": Net("gn"), "B": Net("gn")}
+    paused, resume, replace = threading.Event(), threading.Event(), os.replace
+
+    def pausing_replace(src, dst):
+        replace(src, dst)
+        if threading.current_thread().name == first and dst.endswith(".pt"):
+            paused.set()
+            resume.wait(10)
+
+    monkeypatch.setattr(store.os, "replace", lambda src, dst: pausing_replace(str(src), str(dst)))
+    other = "B" if first == "A" else "A"
+    writer = threading.Thread(target=store.save_run, name=first,
+                              args=(tmp_path, tiny_spec(), models[first], {"seconds": [1.0]}, first))
+    writer.start()
+    assert paused.wait(10)
+    store.save_run(tmp_path, tiny_spec(), models[other], {"seconds": [1.0]}, other)
+    resume.set()
+    writer.join()
+    model, entry = store.load_run(tmp_path, tiny_spec())
+    assert same_weights(model, models[entry["trained_on"]])  # the JSON's writer is the weights' writer
+
+
+def test_an_entry_copied_under_another_key_is_reported_as_such(tmp_path, capsys):
+    store.train_or_load([tiny_spec()], tmp_path)
+    key, other = store.run_key(tiny_spec()), store.run_key(tiny_spec(seed=2))
+    (tmp_path / f"{other}.json").write_text((tmp_path / f"{key}.json").read_text())
+    assert store.load_run(tmp_path, tiny_spec(seed=2)) is None
+    assert f"it holds the run of key {key}, not {other}: copied or renamed" in capsys.readouterr().out
