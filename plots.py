@@ -7,7 +7,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from matplotlib.ticker import MaxNLocator, ScalarFormatter
+from matplotlib.ticker import MaxNLocator, NullLocator, ScalarFormatter
 
 from probes import _epochs, _finals_by_group, divergence_step, smoothed
 from stats import _sweep_points, by_name, common_seeds, paired_by_seed, summarize
@@ -33,32 +33,38 @@ def plot_per_seed(histories, path=None, note=None):
 
 
 def plot_micro_batch_sweep(histories, path=None, note=None):
-    """Final test error against the micro-batch size, one line per normalization: mean over seeds, bars +-1 sd.
+    """Final test accuracy against the micro-batch size, as the sweep's table gives it: mean over seeds, bars +-1 sd,
+    for each normalization trained at several sizes; one trained at a single size (LN and GN, whose statistics are
+    per sample) is a flat reference line with a +-1 sd band across the whole axis.
 
-    A diverged run is drawn as an x at the top edge, labelled, so it cannot set the scale of the plot.
+    A diverged run is drawn as an x at the bottom edge, labelled, so it cannot set the scale of the plot.
     """
     points, failed = _sweep_points(histories)
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    all_sizes = sorted({s for by_size in points.values() for s in by_size})
     for i, (name, by_size) in enumerate(points.items()):
         sizes = [s for s in sorted(by_size) if by_size[s]]
-        errors = [summarize([100 - acc for acc in by_size[s]]) for s in sizes]
-        if sizes:
-            ax.errorbar(sizes, [e["mean"] for e in errors], yerr=[0 if e["n"] == 1 else e["std"] for e in errors],
-                        color=f"C{i}", capsize=3, marker="o", markersize=4, label=name)
+        accs = [summarize(by_size[s]) for s in sizes]
+        spread = [0 if a["n"] == 1 else a["std"] for a in accs]
+        if len(by_size) == 1 and sizes:  # one size only: a reference, the same at any micro-batch
+            mean = accs[0]["mean"]
+            ax.axhline(mean, color=f"C{i}", linestyle="--", label=f"{name} (per-sample statistics; at {sizes[0]})")
+            ax.axhspan(mean - spread[0], mean + spread[0], color=f"C{i}", alpha=0.12, linewidth=0)
+        elif sizes:
+            ax.errorbar(sizes, [a["mean"] for a in accs], yerr=spread, color=f"C{i}", capsize=3, marker="o",
+                        markersize=4, label=name)
         lost = [s for s in sorted(by_size) if failed.get((name, s))]
         if lost:
-            ax.plot(lost, [0.97] * len(lost), "x", color=f"C{i}", markersize=9, transform=ax.get_xaxis_transform(),
+            ax.plot(lost, [0.03] * len(lost), "x", color=f"C{i}", markersize=9, transform=ax.get_xaxis_transform(),
                     label=f"{name}: diverged")
     ax.set_xscale("log", base=2)
-    if any(any(by_size.values()) for by_size in points.values()):  # nothing to log-scale when every run diverged
-        ax.set_yscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.set(xlabel="micro-batch size (samples per forward pass; optimizer batch fixed)",
-           ylabel="final test error (%)", title="Micro-batch sensitivity (same steps, same samples)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.set_xticks(all_sizes, [str(s) for s in all_sizes])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set(xlabel="micro-batch: samples per BatchNorm statistic (optimizer batch fixed)",
+           ylabel="final test accuracy (%)", title="Micro-batch sensitivity (same steps, same samples)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _finish(fig, path, note)
-
 
 def plot_lr_range(curves, path=None, note=None):
     """Smoothed training loss against the learning rate (log-log), a line per run, one colour per network; an x where

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from model import Net
 from stats import _mean_sd, by_name, paired_test
 from store import _write_atomically, run_key, training_code_version
-from utils import batches, conv_weights, device_name, evaluate, make_optimizer, set_seed, train_epoch
+from utils import batches, conv_weights, device_name, make_optimizer, set_seed, train_epoch
 
 
 NORM_LAYERS = (nn.BatchNorm2d, nn.GroupNorm)
@@ -268,22 +268,21 @@ def near_zero_fraction(model, relative=0.01):
     return small / sum(w.numel() for w in conv_weights(model))
 
 
-def regularizer_report(models, data):
-    """For each {name: [model, ...]} (one per seed), the near-zero fraction of conv weights and the generalization
-    gap of the final models: loss and accuracy on the clean (unaugmented) training set vs the test set.
+def regularizer_report(runs):
+    """For each {name: [(model, history), ...]} (one per seed), the near-zero fraction of conv weights and the
+    generalization gap of the final models: loss and accuracy on the clean (unaugmented) training set vs the test set,
+    both in eval mode, as train_model's final_evaluation stored them with each run.
 
     Returns {name: {"near_zero": [...], "train_loss": [...], "train_acc": [...], "test_loss": [...],
-    "test_acc": [...]}}, one entry per model.
+    "test_acc": [...]}}, one entry per run.
     """
-    (train_x, train_y), (test_x, test_y) = data
     report = {}
-    for name, runs in models.items():
+    for name, pairs in runs.items():
         rows = report[name] = {"near_zero": [], "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
-        for model in runs:
-            train_loss, train_acc = evaluate(model, train_x, train_y)
-            test_loss, test_acc = evaluate(model, test_x, test_y)
-            for key, value in zip(rows, (near_zero_fraction(model), train_loss, train_acc, test_loss, test_acc)):
-                rows[key].append(value)
+        for model, history in pairs:
+            rows["near_zero"].append(near_zero_fraction(model))
+            for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+                rows[key].append(history["final"][key])
     return report
 
 

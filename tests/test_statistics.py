@@ -100,18 +100,22 @@ def sweep_history(name, micro_batch_size, test_acc, seed=1):
 def test_micro_batch_table_and_plot_average_seeds_and_mark_diverged_runs(tmp_path):
     sweep = [sweep_history("BN", 2, 97.0), sweep_history("BN", 2, 9.8, seed=2),  # seed 2 diverged
              sweep_history("BN", 128, 99.0), sweep_history("BN", 128, 99.2, seed=2),
-             sweep_history("LN", 2, 98.9), sweep_history("LN", 128, 98.8)]
+             sweep_history("LN", 128, 98.8), sweep_history("LN", 128, 98.6, seed=2)]
     table = stats.sweep_table(sweep).splitlines()
     assert table[0] == "| micro-batch | BN | LN |"
-    assert table[2] == "| 2 | 97.00% (1 of 2 diverged) | 98.90% |"
-    assert table[3] == "| 128 | 99.10% +- 0.14 | 98.80% |"
+    assert table[2] == "| 2 | 97.00% (1 of 2 diverged) | - |"
+    assert table[3] == "| 128 | 99.10% +- 0.14 | 98.70% +- 0.14 |"
     fig = plots.plot_micro_batch_sweep(sweep, tmp_path / "sweep.png")
     ax = fig.axes[0]
-    assert ax.get_xscale() == "log" and ax.get_ylabel() == "final test error (%)"
-    assert list(ax.lines[0].get_ydata()) == pytest.approx([3.0, 0.9])  # BN's error, diverged seed left out
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "final test accuracy (%)"  # as the table: accuracy
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "128"]  # plain numbers, only the sizes swept
+    bn = next(c for c in ax.containers if c.get_label() == "BN")
+    assert list(bn.lines[0].get_ydata()) == pytest.approx([97.0, 99.1])  # BN's mean, diverged seed left out
+    reference = next(line for line in ax.lines if line.get_label().startswith("LN (per-sample statistics"))
+    assert list(reference.get_ydata()) == pytest.approx([98.7, 98.7])  # flat across the axis
     marker = next(line for line in ax.lines if line.get_label() == "BN: diverged")
-    assert list(marker.get_xdata()) == [2] and list(marker.get_ydata()) == [0.97]  # top edge, axes fraction
-    assert ax.get_ylim()[1] < 10  # the diverged run's 90% error does not set the scale
+    assert list(marker.get_xdata()) == [2] and list(marker.get_ydata()) == [0.03]  # bottom edge, axes fraction
+    assert ax.get_ylim()[0] > 90  # the diverged run's 9.8% does not set the scale
     assert (tmp_path / "sweep.png").stat().st_size > 5_000
     plots.plt.close(fig)
 
@@ -137,15 +141,17 @@ def test_near_zero_fraction_counts_small_weights_relative_to_their_layer():
     assert probes.near_zero_fraction(model, relative=0.05) == pytest.approx(18 / total)
 
 
-def test_regularizer_report_measures_clean_train_and_test_of_each_model(tiny):
-    models = {"BN": [Net("bn").eval()], "GN": [Net("gn").eval(), Net("gn").eval()]}
-    report = probes.regularizer_report(models, tiny)
+def test_regularizer_report_reads_the_clean_evaluation_each_run_stored(tiny):
+    runs = {"BN": [utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, 1, 64, progress=False)],
+            "GN": [utils.train_model({"name": "GN", "model": {"norm": "gn"}}, tiny, 1, 64, seed=s, progress=False)
+                   for s in (1, 2)]}
+    report = probes.regularizer_report(runs)
     (train_x, train_y), (test_x, test_y) = tiny
     assert len(report["GN"]["test_acc"]) == 2
-    second = models["GN"][1]
-    assert report["GN"]["train_acc"][1] == utils.evaluate(second, train_x, train_y)[1]
-    assert report["GN"]["test_loss"][1] == utils.evaluate(second, test_x, test_y)[0]
-    assert report["BN"]["near_zero"] == [probes.near_zero_fraction(models["BN"][0])]
+    second = runs["GN"][1][0]
+    assert report["GN"]["train_acc"][1] == utils.evaluate(second, train_x, train_y)[1]  # clean, eval mode
+    assert report["GN"]["test_loss"][1] == utils.evaluate(second, test_x, test_y)[0] == runs["GN"][1][1]["test_loss"][-1]
+    assert report["BN"]["near_zero"] == [probes.near_zero_fraction(runs["BN"][0][0])]
 
 
 def test_regularizer_table_reports_gaps_as_train_minus_test_accuracy_and_test_minus_train_loss():
