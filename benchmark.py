@@ -7,12 +7,14 @@ All train the same Net with the same optimizer, one-cycle schedule, batch size a
   parallel: independent on-device runs (different seeds) in --parallel worker processes, one thread each, as
             the notebook's store.train_or_load runs them; throughput is epochs per minute over all workers,
             wall clock including the workers' start and data loading
-  study mix: the full default study's training time in one process and in parallel workers, estimated from one
-            timed epoch per micro-batch size of the study, weighted by how many epochs the study trains at it
-Usage: python benchmark.py [--epochs 2] [--norm bn] [--workers 2] [--parallel 2] [--mix-images 15360]
+  sweep steps: one optimizer step of 128 digits with BatchNorm statistics per micro-batch of 1 to 128, both ways
+            (ghost batches in one pass, gradient accumulation over 128 / m passes), interleaved, in this process and
+            in --parallel workers; then the default study's training time both ways, before and after ghost batches
+Usage: python benchmark.py [--device cuda] [--quick] [--epochs 2] [--parallel 2] [--steps 20] [--rounds 3]
 """
 import argparse
 import os
+import statistics
 import tempfile
 import time
 
@@ -72,60 +74,111 @@ def parallel_runs(args, device):
     config = {"name": args.norm.upper(), "model": {"norm": args.norm}, "l1": args.l1}
     specs = [store.run_spec(config, args.seed + i, args.epochs, args.batch_size, args.max_lr, device)
              for i in range(args.parallel)]
-    with tempfile.TemporaryDirectory() as store:
+    with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        runs = store.train_or_load(specs, store, args.data, workers=args.parallel)
+        runs = store.train_or_load(specs, folder, args.data, workers=args.parallel)
         return time.perf_counter() - start, [h["test_acc"][-1] for _, h in runs]
 
 
-# Epochs per micro-batch size in the notebook's default study: main study and regularizer runs 25 x 20, the group
-# count 20 x 5, the range tests 12 x about 1, and the micro-batch sweep 9 runs x 2 epochs at each size.
-STUDY_EPOCHS = {128: 25 * 20 + 20 * 5 + 12 + 9 * 2, 32: 18, 16: 18, 8: 18, 4: 18, 2: 18}
+SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+STEPS_PER_EPOCH = 60_000 // 128
+# Epochs per micro-batch size of the default study: main study and regularizer runs 25 x 20, the group count 20 x 5,
+# the range tests 12 x 1, and the micro-batch sweep: before ghost batches 3 normalizations x 3 seeds x 2 epochs at
+# 2, 4, 8, 16, 32 and 128 (gradient accumulation); now BN x 5 seeds x 4 epochs at 1 to 128 and LN, GN x 5 x 4 at 128.
+OLD_STUDY = {128: 25 * 20 + 20 * 5 + 12 + 9 * 2, 32: 18, 16: 18, 8: 18, 4: 18, 2: 18}
+NEW_STUDY = {m: 5 * 4 for m in SIZES[:-1]} | {128: 25 * 20 + 20 * 5 + 12 + 3 * 5 * 4}
 
 
-def timed_epoch(micro_batch, seed, images, threads, data_dir, batch_size=128):
-    """Seconds for one training epoch of a BN net on the first `images` training digits, in micro-batches."""
+def step_seconds(micro_batch, way, steps, device, data_dir, threads=None, batch_size=128):
+    """Median seconds of one optimizer step of the BN net on a batch of `batch_size` digits, BatchNorm statistics
+    over `micro_batch` samples: way "ghost" in one pass (Net's micro_batch), "accumulation" in batch / micro_batch
+    forward and backward passes (train_epoch's micro_batch_size). The first step is a warm-up and not counted."""
     if threads:
         torch.set_num_threads(threads)
-    device = utils.get_device()
-    (x, y), _ = store.cached_mnist(data_dir, device)
-    x, y = x[:images], y[:images]
-    utils.set_seed(seed)
-    model = Net("bn").to(device)
+    (x, y), _ = store.cached_mnist(data_dir, torch.device(device))
+    utils.set_seed(1)
+    ghost = micro_batch if way == "ghost" and micro_batch < batch_size else None
+    model = Net("bn", micro_batch=ghost).to(device)
     optimizer = utils.make_optimizer(model, 0.1)
-    scheduler = utils.make_scheduler(optimizer, 0.1, images // batch_size)
-    start = time.perf_counter()
-    utils.train_epoch(model, optimizer, scheduler, utils.batches(x, y, batch_size, shuffle=True, drop_last=True),
-                      micro_batch_size=micro_batch)
-    utils.evaluate(model, x[:batch_size], y[:batch_size])  # waits for the device
-    return time.perf_counter() - start
+    scheduler = utils.make_scheduler(optimizer, 0.1, steps + 1)
+    batch = [(x[:batch_size], y[:batch_size])]
+    seconds = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()  # train_epoch ends in .item(): the step has finished on the device
+        utils.train_epoch(model, optimizer, scheduler, batch, micro_batch_size=micro_batch if way == "accumulation"
+                          else None)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds[1:])
 
 
-def study_mix(args):
-    """The full default study's training time, estimated both ways: per micro-batch size, one epoch on --mix-images
-    digits in this process (all threads) and --parallel epochs at once in as many workers (one thread each),
-    interleaved, scaled to 60,000 digits and weighted by STUDY_EPOCHS. Prints a Markdown table."""
-    scale = 60_000 / args.mix_images
+def sweep_steps(args, device):
+    """Each micro-batch size both ways, interleaved over --rounds rounds (this shared machine drifts between minutes):
+    in this process with all its threads and, on a CPU, in --parallel workers at once with one thread each (the
+    seconds per step of all workers together). Returns {(way, size): (one process s, parallel s or None)}."""
     one, parallel = {}, {}
-    with joblib.Parallel(n_jobs=args.parallel) as pool:
-        pool(joblib.delayed(timed_epoch)(128, seed, args.batch_size, 1, args.data) for seed in range(args.parallel))
-        for micro_batch in STUDY_EPOCHS:
-            one[micro_batch] = timed_epoch(micro_batch, 1, args.mix_images, None, args.data) * scale
-            start = time.perf_counter()
-            pool(joblib.delayed(timed_epoch)(micro_batch, seed, args.mix_images, 1, args.data)
-                 for seed in range(args.parallel))
-            parallel[micro_batch] = (time.perf_counter() - start) * scale / args.parallel
-    print(f"\nThe default study's epochs by micro-batch, one epoch each way on {args.mix_images:,} digits, scaled to "
-          f"60,000 (this process: {torch.get_num_threads()} threads; parallel: {args.parallel} x 1 thread):\n")
-    print("| micro-batch | epochs in the study | one process: s per epoch | parallel: wall s per epoch | speedup |")
+    pool = joblib.Parallel(n_jobs=args.parallel) if device.type == "cpu" and args.parallel > 1 else None
+    if pool:
+        pool(joblib.delayed(step_seconds)(128, "ghost", 1, device.type, args.data, 1) for _ in range(args.parallel))
+    for _ in range(args.rounds):
+        for size in SIZES:
+            for way in ("ghost", "accumulation"):
+                one.setdefault((way, size), []).append(step_seconds(size, way, args.steps, device, args.data))
+                if pool:
+                    each = pool(joblib.delayed(step_seconds)(size, way, args.steps, device.type, args.data, 1)
+                                for _ in range(args.parallel))
+                    parallel.setdefault((way, size), []).append(max(each) / args.parallel)
+    return {key: (statistics.median(one[key]), statistics.median(parallel[key]) if parallel else None) for key in one}
+
+
+def study_hours(study, way, times, which):
+    """Training hours of `study` ({micro-batch: epochs}) from the per-step times, `which` 0: one process, 1: parallel."""
+    return sum(epochs * STEPS_PER_EPOCH * times[way, size][which] for size, epochs in study.items()) / 3600
+
+
+def report_sweep(args, device):
+    times = sweep_steps(args, device)
+    plain = times["ghost", 128][0]  # at 128 the ghost layer is plain BatchNorm2d: the batch-128 step
+    print(f"\nOne optimizer step of 128 digits, BatchNorm statistics per micro-batch, median of {args.steps} steps x "
+          f"{args.rounds} interleaved rounds, this process ({utils.device_name(device)})"
+          + (f" and {args.parallel} workers x 1 thread (per step, all workers together)" if times[
+              "ghost", 128][1] else "") + ":\n")
+    print("| micro-batch | ghost: ms per step | vs batch-128 step | accumulation: ms per step | vs batch-128 step "
+          "| ghost, parallel: ms | accumulation, parallel: ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for size in SIZES:
+        (ghost, ghost_par), (acc, acc_par) = times["ghost", size], times["accumulation", size]
+        par = (f"{1000 * ghost_par:.0f} | {1000 * acc_par:.0f}" if ghost_par else "- | -")
+        print(f"| {size} | {1000 * ghost:.0f} | {ghost / plain:.2f}x | {1000 * acc:.0f} | {acc / plain:.2f}x | {par} |")
+    print(f"\nThe default study's training time from these steps ({STEPS_PER_EPOCH} steps an epoch, test passes not "
+          "included):\n")
+    print("| workload | sweep steps | epochs | one process | parallel |")
     print("| --- | --- | --- | --- | --- |")
-    for micro_batch, epochs in STUDY_EPOCHS.items():
-        print(f"| {micro_batch} | {epochs} | {one[micro_batch]:.1f} | {parallel[micro_batch]:.1f} "
-              f"| {one[micro_batch] / parallel[micro_batch]:.2f}x |")
-    total_one = sum(epochs * one[m] for m, epochs in STUDY_EPOCHS.items()) / 3600
-    total_parallel = sum(epochs * parallel[m] for m, epochs in STUDY_EPOCHS.items()) / 3600
-    print(f"| **full default study** | {sum(STUDY_EPOCHS.values())} | {total_one:.2f} h | {total_parallel:.2f} h "
-          f"| **{total_one / total_parallel:.2f}x** |")
+    before, now = "before (6 sizes x 3 norms x 3 seeds x 2 epochs)", "now (BN at 8 sizes, LN and GN at 128, x 5 x 4)"
+    for label, study, way in ((before, OLD_STUDY, "accumulation"), (now, NEW_STUDY, "accumulation"),
+                              (now, NEW_STUDY, "ghost")):
+        par = f"{study_hours(study, way, times, 1):.2f} h" if times["ghost", 128][1] else "-"
+        print(f"| {label} | {way} | {sum(study.values())} | {study_hours(study, way, times, 0):.2f} h | {par} |")
+
+
+def compare_loops(args, device):
+    """The classic DataLoader loop, the on-device loop and parallel on-device runs, --epochs each: a Markdown table."""
+    data = utils.load_mnist(args.data, device)
+    print(f"Net({args.norm!r}), batch {args.batch_size}, {args.epochs} epochs each, test pass after every epoch\n")
+    results = {path: run(path, data, args, device) for path in ("classic", "on-device")}
+    rows = {path: (", ".join(f"{s:.2f}" for s in seconds), 60 * len(seconds) / sum(seconds), [accuracy])
+            for path, (seconds, accuracy) in results.items()}
+    if args.parallel > 1:
+        wall, parallel_accuracies = parallel_runs(args, device)
+        rows[f"parallel ({args.parallel} runs at once)"] = (f"{wall:.1f} s wall for {args.parallel} x {args.epochs}",
+                                                             60 * args.parallel * args.epochs / wall,
+                                                             parallel_accuracies)
+    classic, on_device = rows["classic"][1], rows["on-device"][1]
+    print("| training loop | seconds per epoch (each epoch) | epochs per minute | vs classic | vs on-device "
+          "| test accuracy after last epoch |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for path, (each, rate, accuracies) in rows.items():
+        print(f"| {path} | {each} | {rate:.2f} | {rate / classic:.2f}x | {rate / on_device:.2f}x "
+              f"| {', '.join(f'{a:.2f}%' for a in accuracies)} |")
 
 
 def main():
@@ -139,30 +192,21 @@ def main():
     parser.add_argument("--parallel", type=int, default=os.cpu_count(), help="parallel runs (parallel mode)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", default="data", help="MNIST root folder (MNIST/raw inside)")
-    parser.add_argument("--mix-images", type=int, default=15_360,
-                        help="digits per timed epoch of the study-mix estimate (0: skip it)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU if there is one)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per micro-batch size and way")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the micro-batch timing")
+    parser.add_argument("--quick", action="store_true", help="1 epoch, 5 steps, 1 round: minutes, not a measurement")
+    parser.add_argument("--sweep-only", action="store_true", help="only the micro-batch steps and the study estimate")
     args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.steps, args.rounds = 1, 5, 1
 
-    device = utils.get_device()
-    data = utils.load_mnist(args.data, device)
-    print(f"{time.strftime('%Y-%m-%d')}: {utils.device_name(device)}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, Net({args.norm!r}), batch {args.batch_size}, {args.epochs} epochs each, "
-          f"test pass after every epoch\n")
-    results = {path: run(path, data, args, device) for path in ("classic", "on-device")}
-    wall, parallel_accuracies = parallel_runs(args, device)
-    rows = {path: (", ".join(f"{s:.2f}" for s in seconds), 60 * len(seconds) / sum(seconds), [accuracy])
-            for path, (seconds, accuracy) in results.items()}
-    rows[f"parallel ({args.parallel} runs at once)"] = (f"{wall:.1f} s wall for {args.parallel} x {args.epochs}",
-                                                         60 * args.parallel * args.epochs / wall, parallel_accuracies)
-    classic, on_device = rows["classic"][1], rows["on-device"][1]
-    print("| training loop | seconds per epoch (each epoch) | epochs per minute | vs classic | vs on-device "
-          "| test accuracy after last epoch |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for path, (each, rate, accuracies) in rows.items():
-        print(f"| {path} | {each} | {rate:.2f} | {rate / classic:.2f}x | {rate / on_device:.2f}x "
-              f"| {', '.join(f'{a:.2f}%' for a in accuracies)} |")
-    if args.mix_images:
-        study_mix(args)
+    device = torch.device(args.device) if args.device else utils.get_device()
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}: {utils.device_name(device)}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}")
+    if not args.sweep_only:
+        compare_loops(args, device)
+    report_sweep(args, device)
 
 
 if __name__ == "__main__":

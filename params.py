@@ -6,6 +6,11 @@ import tempfile
 from pathlib import Path
 
 from model import Net
+from utils import ShortError
+
+
+class ParameterError(ShortError, ValueError):
+    """A notebook parameter with a value it cannot take; the message names the parameter, the value and the rule."""
 
 
 FROM_ENVIRONMENT = {}  # the parameters from_env took from the environment, so that a run can say it was not the default
@@ -20,7 +25,7 @@ def from_env(name, default):
     try:
         if isinstance(default, bool):
             if text.lower() not in ("0", "1", "true", "false"):
-                raise ValueError("not a truth value")
+                raise ParameterError("not a truth value")
             value = text.lower() in ("1", "true")
         elif isinstance(default, list):
             value = [int(part) for part in text.split(",")]
@@ -29,7 +34,7 @@ def from_env(name, default):
     except ValueError:
         kind = {bool: "0, 1, true or false", list: "comma-separated whole numbers", int: "a whole number",
                 float: "a number"}.get(type(default), "a value")
-        raise ValueError(f"environment variable {name}={text!r} is not {kind}") from None
+        raise ParameterError(f"environment variable {name}={text!r} is not {kind}") from None
     FROM_ENVIRONMENT[name] = value
     return value
 
@@ -73,24 +78,24 @@ def check_parameters(params):
     """
     missing = [name for name in PARAMETER_RULES if name not in params]
     if missing:
-        raise ValueError(f"parameters missing: {', '.join(missing)}")
+        raise ParameterError(f"parameters missing: {', '.join(missing)}")
     for name, (ok, allowed) in PARAMETER_RULES.items():
         if not ok(params[name]):
-            raise ValueError(f"parameter {name} = {params[name]!r} is not allowed: it must be {allowed}")
+            raise ParameterError(f"parameter {name} = {params[name]!r} is not allowed: it must be {allowed}")
         if isinstance(params[name], list):
             repeated = sorted({v for i, v in enumerate(params[name]) if v in params[name][:i]})
             if repeated:
-                raise ValueError(f"parameter {name} = {params[name]!r} is not allowed: it repeats "
+                raise ParameterError(f"parameter {name} = {params[name]!r} is not allowed: it repeats "
                                  f"{', '.join(map(str, repeated))}, and each repeat would count the same runs again")
     if max(params["SWEEP_MICRO_BATCHES"]) > params["BATCH_SIZE"]:
-        raise ValueError(f"parameter SWEEP_MICRO_BATCHES = {params['SWEEP_MICRO_BATCHES']!r} is not allowed: a "
+        raise ParameterError(f"parameter SWEEP_MICRO_BATCHES = {params['SWEEP_MICRO_BATCHES']!r} is not allowed: a "
                          f"micro-batch cannot exceed BATCH_SIZE = {params['BATCH_SIZE']}")
     for name in ("SWEEP_TRAIN_SIZE", "LR_TEST_TRAIN_SIZE", "GROUP_TRAIN_SIZE"):
         if params[name] < params["BATCH_SIZE"]:
-            raise ValueError(f"parameter {name} = {params[name]!r} is not allowed: it must hold at least one batch "
+            raise ParameterError(f"parameter {name} = {params[name]!r} is not allowed: it must hold at least one batch "
                              f"of BATCH_SIZE = {params['BATCH_SIZE']} images")
     if params["LR_TEST_MIN"] >= params["LR_TEST_MAX"]:
-        raise ValueError(f"parameter LR_TEST_MIN = {params['LR_TEST_MIN']!r} is not allowed: the range test raises "
+        raise ParameterError(f"parameter LR_TEST_MIN = {params['LR_TEST_MIN']!r} is not allowed: the range test raises "
                          f"the learning rate, so it must be below LR_TEST_MAX = {params['LR_TEST_MAX']!r}")
     for name in ("RUNS_DIR", "OUTPUT_DIR"):
         check_writable_folder(name, params[name])
@@ -107,7 +112,7 @@ def check_writable_folder(name, path):
     elif not _can_write_into(existing):
         problem = f"{existing} is not writable" + ("" if existing == path else f", so {path} cannot be created there")
     if problem:
-        raise ValueError(f"parameter {name} = {str(path)!r} is not allowed: {problem}")
+        raise ParameterError(f"parameter {name} = {str(path)!r} is not allowed: {problem}")
 
 
 def _can_write_into(folder):

@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 import torch
 from matplotlib.ticker import MaxNLocator, NullLocator, ScalarFormatter
 
@@ -89,26 +90,31 @@ def plot_lr_range(curves, path=None, note=None):
 
 def plot_activation_statistics(activations, path=None, note=None):
     """Each channel's (mean, sd) before (top row) and after (bottom row) the normalization, one column per network,
-    one colour per layer; o: trained weights, +: at initialization."""
+    one colour per layer; filled circles: trained weights, crosses: at initialization."""
     names = list(dict.fromkeys(run["name"] for run in activations))
-    fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 7), sharex="row", sharey="row", squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names) + 1.4, 7), sharex="row", sharey="row",
+                             squeeze=False)
+    layers = max(len(run["layers"]) for run in activations)
     for run in activations:
         column, trained = names.index(run["name"]), run["weights"] == "trained"
         for row, side in enumerate(("before", "after")):
             for i, layer in enumerate(run["layers"]):
-                axes[row, column].scatter(layer[f"{side}_mean"], layer[f"{side}_sd"], s=14, alpha=0.75,
-                                          color=plt.cm.viridis(i / max(1, len(run["layers"]) - 1)),
-                                          marker="o" if trained else "+", label=f"layer {i + 1}" if trained else None)
+                axes[row, column].scatter(layer[f"{side}_mean"], layer[f"{side}_sd"], s=16 if trained else 24,
+                                          alpha=0.8, color=f"C{i}", marker="o" if trained else "+", linewidths=1.2)
     for column, name in enumerate(names):
-        axes[0, column].set_title(f"{name}: before normalization")
-        axes[1, column].set_title(f"{name}: after (before scale and shift)")
+        axes[0, column].set_title(f"{name}: before normalization", fontsize=10)
+        axes[1, column].set_title(f"{name}: after (before scale and shift)", fontsize=10)
         for ax in axes[:, column]:
             ax.set(xlabel="channel mean over (N, H, W)")
             ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("channel sd over (N, H, W)")
-    axes[0, -1].legend(fontsize=7, title="o trained, + at init", title_fontsize=7)
-    return _finish(fig, path, note)
+    handles = [Line2D([], [], color=f"C{i}", marker="o", linestyle="", label=f"layer {i + 1}") for i in range(layers)]
+    handles += [Line2D([], [], color="0.3", marker="o", linestyle="", label="trained"),
+                Line2D([], [], color="0.3", marker="+", markersize=9, linestyle="", label="at initialization")]
+    fig.tight_layout(rect=(0, 0, 1 - 1.3 / fig.get_figwidth(), 1))
+    fig.legend(handles=handles, loc="center right", fontsize=9, frameon=False)
+    return _finish(fig, path, note, layout=False)
 
 
 def plot_group_sweep(histories, study_groups, path=None, note=None):
@@ -150,9 +156,11 @@ def plot_weight_histograms(models, path=None, note=None):
     return _finish(fig, path, note)
 
 
-def _finish(fig, path, note=None):
-    """Lay out, put `note` (where the runs were trained) in the bottom-right corner, save as PNG when `path`."""
-    fig.tight_layout()
+def _finish(fig, path, note=None, layout=True):
+    """Lay out (unless the figure did), put `note` (where the runs were trained) in the bottom-right corner, save as
+    PNG when `path`."""
+    if layout:
+        fig.tight_layout()
     if note:
         fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=7, color="0.4")
     if path:
@@ -183,17 +191,22 @@ def plot_metric(histories, key, ylabel, title, path=None, ylim=None, ax=None, no
 
 
 def plot_train_curves(histories, path=None, note=None):
-    """Training loss and training accuracy (running, augmented) of every configuration, side by side."""
+    """Training loss and training error (running, augmented) of every configuration, side by side, both on log axes:
+    after the first epochs the curves differ by a fraction of their value, which a linear axis flattens into one."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-    plot_metric(histories, "train_loss", "cross-entropy (nats)", "Training loss (running mean per epoch)", ax=left)
-    plot_metric(histories, "train_acc", "accuracy (%)", "Training accuracy (running, augmented batches)",
-                ax=right)
+    plot_metric(histories, "train_loss", "cross-entropy (nats, log scale)", "Training loss (running mean per epoch)",
+                ax=left)
+    errors = [{**h, "train_error": [100 - a for a in h["train_acc"]]} for h in histories]
+    plot_metric(errors, "train_error", "error (%, log scale)", "Training error (running, augmented batches)", ax=right)
+    for ax in (left, right):
+        ax.set_yscale("log")
     return _finish(fig, path, note)
 
 
 def plot_misclassified(images, mistakes, title, path=None, note=None):
-    """A 5x2 grid (5 rows, 2 columns) of misclassified digits, each titled with predicted, actual, probability."""
-    fig, axes = plt.subplots(5, 2, figsize=(4.4, 10))
+    """A 5x2 grid (5 rows, 2 columns) of misclassified digits, each titled with predicted, actual, probability; about
+    320 px wide, so that three of them read side by side."""
+    fig, axes = plt.subplots(5, 2, figsize=(2.9, 6.4))
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= len(mistakes["index"]):
@@ -201,6 +214,6 @@ def plot_misclassified(images, mistakes, title, path=None, note=None):
         pixels = (images[mistakes["index"][i], 0] * MNIST_STD + MNIST_MEAN).clamp(0, 1).cpu().numpy()
         ax.imshow(pixels, cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(f"predicted {mistakes['predicted'][i]} (p={mistakes['probability'][i]:.2f})\n"
-                     f"actual {mistakes['actual'][i]}  [#{mistakes['index'][i]}]", fontsize=9)
-    fig.suptitle(title)
+                     f"actual {mistakes['actual'][i]}  #{mistakes['index'][i]}", fontsize=7.5)
+    fig.suptitle(title, fontsize=9)
     return _finish(fig, path, note)

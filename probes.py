@@ -20,6 +20,35 @@ from utils import batches, conv_weights, device_name, make_optimizer, set_seed, 
 NORM_LAYERS = (nn.BatchNorm2d, nn.GroupNorm)
 
 
+def _layer_name(module):
+    if isinstance(module, nn.BatchNorm2d):
+        return f"{type(module).__name__}({module.num_features})"
+    if isinstance(module, nn.GroupNorm):
+        return f"GroupNorm({module.num_groups}, {module.num_channels})"
+    return type(module).__name__
+
+
+def layer_table(models):
+    """Markdown: the layers in which the nets {name: model} differ, with each one's layer, learned parameters and
+    stored statistics (buffers), then the totals: what the other nets' torchsummary tables would add to the first's."""
+    layers = {name: [m for m in model.modules() if not list(m.children())] for name, model in models.items()}
+
+    def cell(module):
+        buffers = sum(b.numel() for b in module.buffers(recurse=False))
+        return (f"{_layer_name(module)}: {sum(p.numel() for p in module.parameters(recurse=False))} parameters"
+                + (f", {buffers} stored statistics" if buffers else ""))
+
+    rows = ["| layer (as torchsummary numbers it) | " + " | ".join(models) + " |", "|" + " --- |" * (len(models) + 1)]
+    first = next(iter(layers.values()))
+    for i in range(len(first)):
+        cells = [cell(modules[i]) for modules in layers.values()]
+        if len(set(cells)) > 1:
+            rows.append(f"| {type(first[i]).__name__}-{i + 1} | " + " | ".join(cells) + " |")
+    rows.append("| all layers | " + " | ".join(
+        f"{sum(p.numel() for p in m.parameters()):,} parameters" for m in models.values()) + " |")
+    return "\n".join(rows)
+
+
 def build_model(norm="bn", groups=4, dropout=0.05):
     """Net(norm, groups, dropout); norm="none" gives the same net with every normalization layer replaced by the
     identity: the unnormalized reference of the learning-rate range test.

@@ -4,7 +4,10 @@ regularizers and optimizer, the one training loop, prediction and evaluation, an
 The whole dataset lives on the training device as tensors and is augmented there in batch, so the GPU is
 never waiting for a CPU data pipeline.
 """
+import contextlib
+import io
 import math
+import shutil
 import struct
 import sys
 import time
@@ -58,8 +61,25 @@ MNIST_LAYOUT = {  # file name: (magic number, dimensions): the IDX header of eac
 MNIST_FILES = tuple(MNIST_LAYOUT)
 
 
+class ShortError(Exception):
+    """An error whose message says everything: IPython and Jupyter show it as one "Name: message" line, without the
+    traceback, so that what a user sees first is the reason and the fix."""
+
+    def _render_traceback_(self):  # IPython's hook for how an exception is shown
+        return [f"{type(self).__name__}: {self}"]
+
+
+class MnistMissingError(ShortError, FileNotFoundError):
+    """MNIST is not on disk and could not be downloaded."""
+
+
+class MnistDamagedError(ShortError, ValueError):
+    """An MNIST file on disk is not the file it is named after, or not all of it."""
+
+
 def check_mnist_file(path):
-    """Raise ValueError naming `path`, what is wrong with it and the fix, unless it is a well-formed MNIST IDX file.
+    """Raise MnistDamagedError naming `path`, what is wrong with it and the fix, unless it is a well-formed MNIST IDX
+    file.
 
     Checks the header (magic number and dimensions) and that the size is header plus one byte per value: a
     truncated copy or download, or another file under MNIST's name, fails here rather than deep in torchvision.
@@ -73,11 +93,11 @@ def check_mnist_file(path):
     with open(path, "rb") as f:
         found = f.read(len(header))
     if found != header:
-        raise ValueError(f"{path} is not the MNIST file it is named after: its header is {found.hex()}, MNIST's "
+        raise MnistDamagedError(f"{path} is not the MNIST file it is named after: its header is {found.hex()}, MNIST's "
                          f"{path.name} starts with {header.hex()} (magic number {magic}, dimensions {dims}). {fix}")
     size = path.stat().st_size
     if size != expected:
-        raise ValueError(f"{path} is damaged: it has {size:,} bytes, but MNIST's {path.name} has {expected:,} "
+        raise MnistDamagedError(f"{path} is damaged: it has {size:,} bytes, but MNIST's {path.name} has {expected:,} "
                          f"({'truncated' if size < expected else 'extra bytes at the end'}). {fix}")
 
 
@@ -92,18 +112,32 @@ def load_mnist(root="data", device="cpu"):
     for name in MNIST_FILES:
         if (raw / name).exists():
             check_mnist_file(raw / name)
+    missing = [name for name in MNIST_FILES if not (raw / name).exists()]
+    if missing:
+        download_mnist(root, missing)
     splits = []
     for train in (True, False):
-        try:
-            dataset = datasets.MNIST(root, train=train, download=True)
-        except Exception as error:  # offline: URLError, RuntimeError, ... from torchvision's downloader
-            raise FileNotFoundError(
-                f"MNIST is not in {raw} and could not be downloaded ({type(error).__name__}: {error}). "
-                f"Offline, put the four decompressed files {', '.join(MNIST_FILES)} into {raw}/"
-            ) from error
+        dataset = datasets.MNIST(root, train=train, download=False)
         images = (dataset.data.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
         splits.append((images.to(device), dataset.targets.to(device)))
     return tuple(splits)
+
+
+def download_mnist(root, missing):
+    """Download MNIST into `root`/MNIST/raw with torchvision, quietly; offline, one MnistMissingError that names the
+    folder and the files to put there, and no half-made folder left behind."""
+    raw, made = Path(root) / "MNIST" / "raw", not (Path(root) / "MNIST").exists()
+    print(f"downloading MNIST into {raw}/ ({len(missing)} of its 4 files are missing)", flush=True)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):  # one line per mirror and file
+            datasets.MNIST(root, train=True, download=True)
+    except Exception as error:  # offline: URLError, RuntimeError, ... from torchvision's downloader
+        if made:
+            shutil.rmtree(Path(root) / "MNIST", ignore_errors=True)
+        raise MnistMissingError(
+            f"MNIST is not in {raw}/ and could not be downloaded ({type(error).__name__}). Offline, put the four "
+            f"decompressed files {', '.join(MNIST_FILES)} into {raw}/ (README: Offline)") from None
 
 
 def augment(images, max_degrees=7.0, max_shift=2.0):

@@ -120,7 +120,8 @@ def run_the_notebook_up_to_its_check():
     parameters = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
     setup = "".join(cells[cells.index(parameters) + 1]["source"])
     check = setup.index("params.check_parameters(")
-    assert check < setup.index("cached_mnist") and check < setup.index("get_device")
+    assert check < setup.index("get_device")
+    assert not any("cached_mnist" in "".join(c["source"]) for c in cells[:cells.index(parameters) + 2])
     namespace = {}
     exec("".join(parameters["source"]), namespace)
     exec(setup[:check] + setup[check:].split("\n")[0], namespace)

@@ -1,7 +1,16 @@
 """The committed notebook renders on GitHub/nbviewer and holds a complete, error-free run."""
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import types
 from pathlib import Path
 
+import nbformat
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,12 +45,45 @@ def test_readme_images_exist():
         assert f"images/{name}.png" in readme and (ROOT / "images" / f"{name}.png").stat().st_size > 10_000
 
 
-def test_colab_cell_without_model_py_or_repo_url_says_what_to_do(tmp_path, monkeypatch):
-    setup = "".join(NOTEBOOK["cells"][1]["source"])
-    assert "REPO_URL" in setup
-    monkeypatch.chdir(tmp_path)  # an empty folder: no model.py beside the notebook
-    with pytest.raises(RuntimeError, match="model.py and utils.py are not beside this notebook. Set REPO_URL"):
-        exec(setup, {})
+SETUP = "".join(NOTEBOOK["cells"][1]["source"])
+
+
+def test_the_setup_cell_opened_without_the_repository_says_in_one_line_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # only the notebook: no model.py beside it
+    namespace = {}
+    with pytest.raises(Exception, match="model.py is not beside this notebook: set REPOSITORY in this cell") as error:
+        exec(SETUP, namespace)
+    assert error.value._render_traceback_() == [f"SetupError: {error.value}"]  # one line in Jupyter
+
+
+def test_the_setup_cell_in_colab_clones_installs_and_keeps_the_run_store_on_drive(tmp_path, monkeypatch):
+    """google.colab simulated: its drive.mount stubbed, git clone and pip recorded (the clone copies this checkout)."""
+    calls, mounts = [], []
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=mounts.append)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.delenv("RUNS_DIR", raising=False)
+
+    def run(command, check):
+        calls.append(command)
+        if command[:2] == ["git", "clone"]:
+            (tmp_path / command[-1]).mkdir()
+            shutil.copy(ROOT / "model.py", tmp_path / command[-1])
+            (tmp_path / command[-1] / "runs").mkdir()
+            (tmp_path / command[-1] / "runs" / "entry.json").write_text("{}")  # the committed run store
+
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.chdir(tmp_path)
+    drive = tmp_path / "drive"
+    setup = SETUP.replace('REPOSITORY = ""', 'REPOSITORY = "someone/bn-ln-gn"').replace('"/content/drive', f'"{drive}')
+    exec(setup, {})
+    assert calls[0] == ["git", "clone", "--depth", "1", "https://github.com/someone/bn-ln-gn.git", "bn-ln-gn"]
+    assert calls[1][1:] == ["-m", "pip", "install", "-q", "torchsummary"]  # only what Colab lacks
+    assert Path.cwd() == tmp_path / "bn-ln-gn" and mounts == [str(drive)]
+    assert os.environ["RUNS_DIR"] == f"{drive}/MyDrive/bn-ln-gn-runs"
+    assert [p.name for p in Path(os.environ["RUNS_DIR"]).iterdir()] == ["entry.json"]  # seeded from the committed store
+    monkeypatch.delenv("RUNS_DIR")
 
 
 def test_readme_tables_equal_what_the_committed_histories_give():
@@ -64,3 +106,71 @@ def test_readme_tables_equal_what_the_committed_histories_give():
                 assert table in readme, f"README lacks this table from images/{name}:\n{table}"
                 checked += 1
     assert checked >= 2
+
+
+def run_the_notebook(tmp_path, data_dir):
+    """run.py on the notebook with MNIST from `data_dir` and no network (a proxy that refuses): (returncode, stderr)."""
+    env = dict(os.environ, DATA_DIR=str(data_dir), OUTPUT_DIR=str(tmp_path / "out"), RUNS_DIR=str(tmp_path / "runs"),
+               http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), "--output", str(tmp_path / "out.ipynb")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stderr
+
+
+def test_without_mnist_the_first_line_a_user_sees_is_the_reason_and_the_fix(tmp_path):
+    returncode, stderr = run_the_notebook(tmp_path, tmp_path / "data")
+    first = stderr.splitlines()[0]
+    assert returncode == 1 and first.startswith(f"MnistMissingError: MNIST is not in {tmp_path / 'data'}/MNIST/raw/")
+    assert "Offline, put the four decompressed files train-images-idx3-ubyte" in first
+    assert len(stderr.splitlines()) < 12 and "Traceback" not in stderr  # the reason, the cell; no chained traceback
+    assert not (tmp_path / "data" / "MNIST").exists()  # no empty folder left behind
+    assert not (tmp_path / "out.ipynb").exists()  # nothing written over
+
+
+def test_a_damaged_mnist_file_stops_the_notebook_with_one_line_naming_it(tmp_path):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    shutil.copytree(ROOT / "data" / "MNIST" / "raw", raw)
+    with open(raw / "t10k-labels-idx1-ubyte", "r+b") as f:
+        f.truncate(5000)
+    returncode, stderr = run_the_notebook(tmp_path, tmp_path / "data")
+    first = stderr.splitlines()[0]
+    assert returncode == 1 and first.startswith(f"MnistDamagedError: {raw / 't10k-labels-idx1-ubyte'} is damaged")
+    assert "Delete it so that torchvision downloads it again" in first
+
+
+def test_the_readme_colab_badge_is_built_from_the_one_repository_setting():
+    repository = re.search(r'^REPOSITORY = "([^"]*)"', SETUP, re.M).group(1) or "<owner>/<name>"
+    readme = (ROOT / "README.md").read_text()
+    link = f"https://colab.research.google.com/github/{repository}/blob/main/experiments.ipynb"
+    assert f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({link})" in readme
+    assert set(re.findall(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/", readme)) == {repository}
+
+
+def test_a_killed_execution_executed_again_loads_the_finished_runs_and_trains_only_the_rest(tmp_path):
+    """The parameters, setup and data cells and the sweep's training cell, at a tiny size: killed (with its kernel)
+    once a run is stored, then executed again with the same run store."""
+    cells = [c for c in NOTEBOOK["cells"] if c["cell_type"] == "code"]
+    start = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
+    sweep = next(c for c in cells if "sweep_specs = " in "".join(c["source"]))
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("".join(c["source"]))
+                                               for c in cells[start:start + 3] + [sweep]])
+    nbformat.write(notebook, tmp_path / "partial.ipynb")
+    runs = tmp_path / "runs"
+    env = dict(os.environ, RUNS_DIR=str(runs), OUTPUT_DIR=str(tmp_path / "out"), DATA_DIR=str(ROOT / "data"),
+               WORKERS="1", SWEEP_MICRO_BATCHES="8,64", SWEEP_SEEDS="2", SWEEP_EPOCHS="1", SWEEP_TRAIN_SIZE="1024",
+               PYTHONPATH=str(ROOT))
+    execute = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--output",
+               str(tmp_path / "out.ipynb"), str(tmp_path / "partial.ipynb")]
+    first = subprocess.Popen(execute, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not list(runs.glob("*.json")) and first.poll() is None:
+        time.sleep(0.05)
+    for process in psutil.Process(first.pid).children(recursive=True) + [psutil.Process(first.pid)]:
+        process.kill()  # the kernel too: it would go on training
+    first.wait()
+    finished = len(list(runs.glob("*.json")))
+    assert 1 <= finished < 8  # 8 runs: BN at micro-batches 8 and 64, LN and GN at 128, 2 seeds each
+    subprocess.run(execute, env=env, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    out = "".join("".join(o.get("text", "")) for c in nbformat.read(tmp_path / "out.ipynb", 4).cells
+                  for o in c.get("outputs", []))
+    assert out.count("loaded from the store") == finished and out.count("trained now") == 8 - finished
+    assert len(list(runs.glob("*.json"))) == 8

@@ -94,7 +94,7 @@ def test_schedule_depends_on_the_step_count_only():
 
 
 def test_headline_is_the_final_epoch_and_best_is_labelled():
-    h = {"name": "LN", "params": 1, "epoch": [1, 2, 3], "seconds": [1, 1, 1], "train_loss": [1, 1, 1],
+    h = {"name": "LN", "seed": 1, "params": 1, "epoch": [1, 2, 3], "seconds": [1, 1, 1], "train_loss": [1, 1, 1],
          "train_acc": [95.0, 97.0, 96.0], "test_loss": [1, 1, 1], "test_acc": [99.0, 99.6, 99.3]}
     header, _, row = stats.results_table([h]).splitlines()[:3]
     cells = [c.strip() for c in row.split("|")[1:-1]]
@@ -149,7 +149,7 @@ def test_train_loss_is_the_sample_weighted_mean_over_the_epoch(tiny):
 
 def test_train_accuracy_is_labelled_as_running():
     """Pitfall: the running train accuracy presented as if measured on the final weights."""
-    h = {"name": "GN", "params": 1, "epoch": [1], "seconds": [1], "train_loss": [0.1], "train_acc": [97.0],
+    h = {"name": "GN", "seed": 1, "params": 1, "epoch": [1], "seconds": [1], "train_loss": [0.1], "train_acc": [97.0],
          "test_loss": [0.05], "test_acc": [99.0]}
     assert "running mean over each epoch's augmented batches" in stats.results_table([h])
     fig = plots.plot_train_curves([h])

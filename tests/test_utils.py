@@ -26,6 +26,8 @@ def test_offline_without_files_says_where_to_put_them(tmp_path, monkeypatch):
     message = str(error.value)
     assert str(tmp_path / "MNIST" / "raw") in message
     assert all(name in message for name in utils.MNIST_FILES)
+    assert error.value.__suppress_context__ and error.value._render_traceback_() == [f"MnistMissingError: {message}"]
+    assert not (tmp_path / "MNIST").exists()  # the half-made folder of the failed download is gone
 
 
 def test_augmentation_keeps_shape_and_label_and_changes_the_image(mnist):
@@ -128,8 +130,8 @@ def test_accuracy_plot_has_labelled_axes_and_a_legend_naming_each_configuration(
 
 
 def test_results_table_reports_final_and_labelled_best_epoch():
-    table = stats.results_table([fake_history("GN", [98.0, 99.5, 99.4])])
+    table = stats.results_table([dict(fake_history("GN", [98.0, 99.5, 99.4]), seed=3)])
     row = table.splitlines()[2]
-    assert row.startswith("| GN | 9,752 | 99.40% |")
+    assert row.startswith("| GN | 3 | 99.40% |")  # a row per run, named by its seed
     assert "99.50% (2)" in row and "| 4 s |" in row
     assert "final test acc" in table and "best test acc (epoch)" in table
