@@ -2,8 +2,8 @@
 tests, the group sweep and the activation statistics, never typed in."""
 import statistics
 
-from probes import _epochs, _finals_by_group, _pooled, _spread, range_summary
-from stats import _mean_sd, _sweep_points, by_name, compare, final_test_accuracies, paired_by_seed, paired_test
+from probes import epochs_label, finals_by_group, pooled, range_summary, value_range
+from stats import by_name, compare, final_test_accuracies, mean_sd, paired_by_seed, paired_test, sweep_points
 
 
 def _pair_sentence(result, paired=None, unit="points"):
@@ -33,21 +33,21 @@ def findings(histories, reg_histories=(), sweep=(), report=None, curves=(), grou
     finals = final_test_accuracies(histories)
     ranked = sorted(finals, key=lambda name: -statistics.fmean(finals[name]))
     lines.append("- **Main study** (final test accuracy, mean +- sd over seeds): " + ", ".join(
-        f"{name} {_mean_sd(finals[name])}" for name in ranked) + ".")
+        f"{name} {mean_sd(finals[name])}" for name in ranked) + ".")
     results = compare(finals, alpha)
     paired = compare(paired_by_seed(histories), alpha, paired_test)
     if results:
         lines.append(f"- Pairwise (Welch and paired by seed, real if p < {results[0]['threshold']:.3g}): "
                      + "; ".join(map(_pair_sentence, results, paired)) + ".")
     if sweep:
-        points, failed = _sweep_points(sweep)
+        points, failed = sweep_points(sweep)
         for name, by_size in points.items():
             sizes = sorted(by_size)
             small, large = by_size[sizes[0]], by_size[sizes[-1]]
             lost = sum(failed.get((name, s), 0) for s in sizes)
-            text = f"- **Micro-batch sweep, {name}**: micro-batch {sizes[0]} {_mean_sd(small) if small else 'diverged'}"
+            text = f"- **Micro-batch sweep, {name}**: micro-batch {sizes[0]} {mean_sd(small) if small else 'diverged'}"
             if len(sizes) > 1:
-                text += f", {sizes[-1]} {_mean_sd(large) if large else 'diverged'}"
+                text += f", {sizes[-1]} {mean_sd(large) if large else 'diverged'}"
             if len(sizes) > 1 and len(small) > 1 and len(large) > 1:
                 r = compare({str(sizes[0]): small, str(sizes[-1]): large}, alpha)[0]
                 text += f"; difference {r['difference']:+.2f} points (Welch p = {r['p']:.2g}, real if p < {alpha})"
@@ -60,24 +60,24 @@ def findings(histories, reg_histories=(), sweep=(), report=None, curves=(), grou
                       if reg_finals.get(name) or finals.get(name)}
         results = [r for r in compare(reg_finals, alpha) if r["a"] == "BN"]
         lines.append("- **Regularizers** (final test accuracy): " + ", ".join(
-            f"{name} {_mean_sd(values)}" for name, values in reg_finals.items()) + "; "
+            f"{name} {mean_sd(values)}" for name, values in reg_finals.items()) + "; "
             + "; ".join(map(_pair_sentence, results)) + ".")
     if curves:
         lines.append("- **Learning-rate range test** (median over seeds): " + "; ".join(
             _range_sentence(name, runs) for name, runs in by_name(curves).items()) + ".")
     if group_histories:
-        by_groups = {g: list(accs.values()) for g, accs in _finals_by_group(group_histories).items()}
-        lines.append(f"- **GroupNorm group count** ({_epochs(group_histories[0])}, final test accuracy): "
-                     + ", ".join(f"{g} group{'s' * (g > 1)} {_mean_sd(by_groups[g])}" for g in sorted(by_groups))
+        by_groups = {g: list(accs.values()) for g, accs in finals_by_group(group_histories).items()}
+        lines.append(f"- **GroupNorm group count** ({epochs_label(group_histories[0])}, final test accuracy): "
+                     + ", ".join(f"{g} group{'s' * (g > 1)} {mean_sd(by_groups[g])}" for g in sorted(by_groups))
                      + f"; the study uses {study_groups}.")
     if activations:
         lines.append("- **Activations** (per-channel statistics after the normalization, trained weights): " + "; ".join(
-            f"{run['name']} means {_spread(_pooled(run, 'after_mean'))}, sds {_spread(_pooled(run, 'after_sd'))}"
+            f"{run['name']} means {value_range(pooled(run, 'after_mean'))}, sds {value_range(pooled(run, 'after_sd'))}"
             for run in activations if run["weights"] == "trained") + ".")
     if report:
         lines.append("- Near-zero conv weights (|w| < 1% of the layer's largest): " + ", ".join(
-            f"{name} {_mean_sd([100 * f for f in r['near_zero']], '%', 1)}" for name, r in report.items())
+            f"{name} {mean_sd([100 * f for f in r['near_zero']], '%', 1)}" for name, r in report.items())
             + "; clean train - test accuracy gap: " + ", ".join(
-            f"{name} {_mean_sd([a - b for a, b in zip(r['train_acc'], r['test_acc'])], ' pts')}"
+            f"{name} {mean_sd([a - b for a, b in zip(r['train_acc'], r['test_acc'])], ' pts')}"
             for name, r in report.items()) + ".")
     return "\n".join(lines)

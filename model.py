@@ -15,7 +15,9 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     running averages end where one nn.BatchNorm2d update per group, in order, would put them: after k updates with
     momentum a, group i (1..k) weighs a * (1 - a)**(k - i) and the old value (1 - a)**k (unbiased variances, as
     nn.BatchNorm2d keeps). A last group of fewer samples is its own group, as a last forward pass would be. In eval
-    mode, or when `micro_batch` is at least the batch, it is nn.BatchNorm2d.
+    mode, or when `micro_batch` is at least the batch, it is nn.BatchNorm2d. Public versions differ on purpose or not:
+    cifar10-fast's GhostBatchNorm takes strided, not consecutive, groups and averages their running statistics into
+    one update; composer's divides the momentum by the number of groups; neither ends where sequential passes do.
     """
 
     def __init__(self, channels, micro_batch):

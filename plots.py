@@ -10,8 +10,8 @@ from matplotlib.lines import Line2D
 import torch
 from matplotlib.ticker import MaxNLocator, NullLocator, ScalarFormatter
 
-from probes import _epochs, _finals_by_group, divergence_step, smoothed
-from stats import _sweep_points, by_name, common_seeds, paired_by_seed, summarize
+from probes import divergence_step, epochs_label, finals_by_group, smoothed
+from stats import by_name, common_seeds, paired_by_seed, summarize, sweep_points
 from utils import MNIST_MEAN, MNIST_STD, conv_weights
 
 
@@ -40,7 +40,7 @@ def plot_micro_batch_sweep(histories, path=None, note=None):
 
     A diverged run is drawn as an x at the bottom edge, labelled, so it cannot set the scale of the plot.
     """
-    points, failed = _sweep_points(histories)
+    points, failed = sweep_points(histories)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     all_sizes = sorted({s for by_size in points.values() for s in by_size})
     for i, (name, by_size) in enumerate(points.items()):
@@ -121,7 +121,7 @@ def plot_group_sweep(histories, study_groups, path=None, note=None):
     """Final test accuracy against the GroupNorm group count: the mean over seeds, a thin line per seed (paired
     across group counts), the study's group count marked."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    by_groups = _finals_by_group(histories)
+    by_groups = finals_by_group(histories)
     counts, seeds = sorted(by_groups), sorted({h["seed"] for h in histories})
     for seed in seeds:
         xs = [g for g in counts if seed in by_groups[g]]
@@ -134,7 +134,7 @@ def plot_group_sweep(histories, study_groups, path=None, note=None):
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xticks(counts)
     ax.set(xlabel="GroupNorm groups (1 = LayerNorm; 8 = one channel per group in 8-channel layers)",
-           ylabel="final test accuracy (%)", title=f"GroupNorm group count ({_epochs(histories[0])})")
+           ylabel="final test accuracy (%)", title=f"GroupNorm group count ({epochs_label(histories[0])})")
     ax.grid(alpha=0.3)
     ax.legend()
     return _finish(fig, path, note)

@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import Net
-from stats import _mean_sd, by_name, paired_test
-from store import _write_atomically, run_key, training_code_version
+from stats import mean_sd, by_name, paired_test
+from store import write_atomically, run_key, training_code_version
 from utils import batches, conv_weights, device_name, make_optimizer, set_seed, train_epoch
 
 
@@ -157,7 +157,7 @@ def lr_range_or_load(specs, store, data, retrain=False):
                      "trained_on": device_name(spec["device"]), "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                      "seconds": time.perf_counter() - start, "torch": torch.__version__, "curve": curve}
             Path(store).mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, json.dumps(entry, indent=1).encode())
+            write_atomically(path, json.dumps(entry, indent=1).encode())
             how = f"run now, {entry['seconds']:.0f} s"
         curve = entry["curve"]
         step = divergence_step(curve["loss"])
@@ -233,11 +233,12 @@ def activation_statistics(model, images):
     return found
 
 
-def _spread(values):
+def value_range(values):
+    """The range of `values` as "low to high", two decimals: the range of the per-channel statistics in tables and findings."""
     return f"{min(values):.2f} to {max(values):.2f}"
 
 
-def _pooled(run, key):
+def pooled(run, key):
     """The values of `key` ("after_mean", ...) over all channels of all layers of one activation_statistics run."""
     return [v for layer in run["layers"] for v in layer[key]]
 
@@ -249,11 +250,12 @@ def activation_table(activations):
             "| channel sds after |", "| --- | --- | --- | --- | --- | --- |"]
     for run in activations:
         rows.append(f"| {run['name']} | {run['weights']} | " + " | ".join(
-            _spread(_pooled(run, key)) for key in ("before_mean", "before_sd", "after_mean", "after_sd")) + " |")
+            value_range(pooled(run, key)) for key in ("before_mean", "before_sd", "after_mean", "after_sd")) + " |")
     return "\n".join(rows)
 
 
-def _epochs(history):
+def epochs_label(history):
+    """How long a history trained, "5 epochs" or "1 epoch", for titles and findings."""
     return f"{history['epoch'][-1]} epoch" + "s" * (history["epoch"][-1] != 1)
 
 
@@ -261,7 +263,7 @@ def _group_count(history):
     return history["config"]["model"]["groups"]
 
 
-def _finals_by_group(histories):
+def finals_by_group(histories):
     """{group count: {seed: final test accuracy}} of GroupNorm runs."""
     finals = {}
     for h in histories:
@@ -271,7 +273,7 @@ def _finals_by_group(histories):
 
 def group_table(histories, study_groups):
     """Markdown: final test accuracy per GroupNorm group count, and the paired difference from `study_groups`."""
-    by_groups = _finals_by_group(histories)
+    by_groups = finals_by_group(histories)
     reference = by_groups.get(study_groups, {})
     rows = [f"| groups | channels per group (8- / 16-channel layers) | seeds | final test acc | paired difference "
             f"from {study_groups} groups (p) |", "| --- | --- | --- | --- | --- |"]
@@ -283,7 +285,7 @@ def group_table(histories, study_groups):
             d, _, _, p = paired_test([accs[s] for s in seeds], [reference[s] for s in seeds])
             cell = f"{d:+.2f} points (p = {p:.2g})"
         rows.append(f"| {groups}{' (= LN)' if groups == 1 else ''} | {8 // groups} / {16 // groups} | {len(accs)} "
-                    f"| {_mean_sd(list(accs.values()))} | {cell} |")
+                    f"| {mean_sd(list(accs.values()))} | {cell} |")
     return "\n".join(rows)
 
 
@@ -322,7 +324,7 @@ def regularizer_table(report):
     for name, r in report.items():
         acc_gap = [a - b for a, b in zip(r["train_acc"], r["test_acc"])]
         loss_gap = [b - a for a, b in zip(r["train_loss"], r["test_loss"])]
-        rows.append(f"| {name} | {len(r['test_acc'])} | {_mean_sd([100 * f for f in r['near_zero']], '%', 1)} "
-                    f"| {_mean_sd(r['train_acc'])} | {_mean_sd(r['test_acc'])} | {_mean_sd(acc_gap, ' pts')} "
-                    f"| {_mean_sd(loss_gap, '', 4)} |")
+        rows.append(f"| {name} | {len(r['test_acc'])} | {mean_sd([100 * f for f in r['near_zero']], '%', 1)} "
+                    f"| {mean_sd(r['train_acc'])} | {mean_sd(r['test_acc'])} | {mean_sd(acc_gap, ' pts')} "
+                    f"| {mean_sd(loss_gap, '', 4)} |")
     return "\n".join(rows)

@@ -82,7 +82,8 @@ def final_and_best(history, key="test_acc"):
     return history[key][-1], max(history[key])
 
 
-def _mean_sd(values, unit="%", digits=2):
+def mean_sd(values, unit="%", digits=2):
+    """ "mean +- sd" of `values` for tables and findings; the mean alone for a single value."""
     s = summarize(values)
     return f"{s['mean']:.{digits}f}{unit}" + ("" if s["n"] == 1 else f" +- {s['std']:.{digits}f}")
 
@@ -185,7 +186,7 @@ def diverged(history):
     return not math.isfinite(history["test_loss"][-1]) or history["test_acc"][-1] < 50
 
 
-def _sweep_points(histories):
+def sweep_points(histories):
     """{name: {micro-batch size: [final test accuracy of each seed that did not diverge]}} and the diverged count."""
     points, failed = {}, {}
     for h in histories:
@@ -201,7 +202,7 @@ def _sweep_points(histories):
 def sweep_table(histories):
     """Markdown: final test accuracy mean +- sd over seeds, one row per micro-batch size, one column per normalization;
     diverged runs are counted, not averaged in."""
-    points, failed = _sweep_points(histories)
+    points, failed = sweep_points(histories)
     names = list(points)
     sizes = sorted({size for by_size in points.values() for size in by_size})
     rows = ["| micro-batch | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
@@ -209,7 +210,7 @@ def sweep_table(histories):
         cells = []
         for name in names:
             values, lost = points[name].get(size, []), failed.get((name, size), 0)
-            cell = _mean_sd(values) if values else "-"
+            cell = mean_sd(values) if values else "-"
             cells.append(cell + (f" ({lost} of {lost + len(values)} diverged)" if lost else ""))
         rows.append(f"| {size} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -75,7 +75,7 @@ def run_key(spec, extra_code=()):
 STALE_AFTER_SECONDS = 600  # a temporary file this old is left over from a killed save (a save takes milliseconds)
 
 
-def _write_atomically(path, data):
+def write_atomically(path, data):
     """Write bytes to `path` through a temporary file of this writer's own and a rename: readers see the old file or
     the new, never half of one, and two writers never write into the same temporary file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -117,12 +117,12 @@ def save_run(store, spec, model, history, trained_on):
     weights = buffer.getvalue()
     digest = hashlib.sha256(weights).hexdigest()
     weights_file = f"{key}.{digest[:16]}.pt"
-    _write_atomically(store / weights_file, weights)
+    write_atomically(store / weights_file, weights)
     entry = {"key": key, "spec": spec, "code_version": training_code_version(),
              "trained_on": trained_on, "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
              "seconds": sum(history["seconds"]), "torch": torch.__version__,
              "weights_file": weights_file, "weights_sha256": digest, "history": history}
-    _write_atomically(store / f"{key}.json", json.dumps(entry, indent=1).encode())
+    write_atomically(store / f"{key}.json", json.dumps(entry, indent=1).encode())
     return key
 
 
