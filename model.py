@@ -29,17 +29,20 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         if not self.training or m >= n:
             return super().forward(x)
         whole = n - n % m
-        groups = [x[:whole].unflatten(0, (whole // m, m))] + ([x[whole:].unsqueeze(0)] if whole < n else [])
-        normalized, means, variances = [], [], []
-        for g in groups:  # (groups, samples, C, H, W): statistics over samples, H and W of each group and channel
-            var, mean = torch.var_mean(g, dim=(1, 3, 4), correction=0, keepdim=True)
-            normalized.append(((g - mean) * torch.rsqrt(var + self.eps)).flatten(0, 1))
-            count = g.shape[1] * g.shape[3] * g.shape[4]
-            means.append(mean.flatten(1))
-            variances.append(var.flatten(1) * (count / (count - 1)))
-        self._update_running_statistics(torch.cat(means), torch.cat(variances))
-        y = torch.cat(normalized) if len(normalized) > 1 else normalized[0]
-        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        parts = [x[:whole].reshape(whole // m, m, x.shape[1], -1)]
+        parts += [x[whole:].unsqueeze(0).flatten(3)] if whole < n else []
+        outputs, means, variances = [], [], []
+        for g in parts:  # (groups, samples, C, H * W): contiguous reductions over the pixels, then the samples
+            mean = g.mean(-1).mean(1)
+            centered = g - mean[:, None, :, None]
+            var = centered.square().mean(-1).mean(1)  # biased, as BatchNorm normalizes with
+            scale = self.weight * torch.rsqrt(var + self.eps)
+            outputs.append(torch.addcmul(self.bias[None, None, :, None], centered, scale[:, None, :, None]))
+            count = g.shape[1] * g.shape[3]
+            means.append(mean)
+            variances.append(var * (count / (count - 1)))
+        self._update_running_statistics(torch.cat(means).detach(), torch.cat(variances).detach())
+        return torch.cat([out.flatten(0, 1) for out in outputs]).reshape(x.shape)
 
     @torch.no_grad()
     def _update_running_statistics(self, means, variances):

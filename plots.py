@@ -49,8 +49,9 @@ def plot_micro_batch_sweep(histories, path=None, note=None):
         spread = [0 if a["n"] == 1 else a["std"] for a in accs]
         if len(by_size) == 1 and sizes:  # one size only: a reference, the same at any micro-batch
             mean = accs[0]["mean"]
-            ax.axhline(mean, color=f"C{i}", linestyle="--", label=f"{name} (per-sample statistics; at {sizes[0]})")
-            ax.axhspan(mean - spread[0], mean + spread[0], color=f"C{i}", alpha=0.12, linewidth=0)
+            ax.axhline(mean, color=f"C{i}", linestyle="--",
+                       label=f"{name} at {sizes[0]} (per-sample statistics; band: +-1 sd)")
+            ax.axhspan(mean - spread[0], mean + spread[0], color=f"C{i}", alpha=0.07, linewidth=0)
         elif sizes:
             ax.errorbar(sizes, [a["mean"] for a in accs], yerr=spread, color=f"C{i}", capsize=3, marker="o",
                         markersize=4, label=name)

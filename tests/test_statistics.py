@@ -111,7 +111,7 @@ def test_micro_batch_table_and_plot_average_seeds_and_mark_diverged_runs(tmp_pat
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "128"]  # plain numbers, only the sizes swept
     bn = next(c for c in ax.containers if c.get_label() == "BN")
     assert list(bn.lines[0].get_ydata()) == pytest.approx([97.0, 99.1])  # BN's mean, diverged seed left out
-    reference = next(line for line in ax.lines if line.get_label().startswith("LN (per-sample statistics"))
+    reference = next(line for line in ax.lines if line.get_label().startswith("LN at 128 (per-sample"))
     assert list(reference.get_ydata()) == pytest.approx([98.7, 98.7])  # flat across the axis
     marker = next(line for line in ax.lines if line.get_label() == "BN: diverged")
     assert list(marker.get_xdata()) == [2] and list(marker.get_ydata()) == [0.03]  # bottom edge, axes fraction
