@@ -261,3 +261,9 @@ def test_an_entry_copied_under_another_key_is_reported_as_such(tmp_path, capsys)
     (tmp_path / f"{other}.json").write_text((tmp_path / f"{key}.json").read_text())
     assert store.load_run(tmp_path, tiny_spec(seed=2)) is None
     assert f"it holds the run of key {key}, not {other}: copied or renamed" in capsys.readouterr().out
+
+
+def test_store_files_get_the_permissions_of_any_new_file_not_owner_only(tmp_path):
+    store.write_atomically(tmp_path / "entry.json", b"{}")
+    (tmp_path / "plain.json").write_bytes(b"{}")
+    assert (tmp_path / "entry.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
