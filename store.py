@@ -44,7 +44,24 @@ def _without_docstrings(source):
         if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and body and isinstance(body[0], ast.Expr)
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
+    return _dump(tree)
+
+
+_FIELDS_AFTER_3_11 = {"type_params"}  # AST fields newer Pythons added; empty in code that does not use them
+
+
+def _dump(node):
+    """`ast.dump(node)` as Python 3.11 writes it, on any Python: 3.12 added `type_params=[]` and 3.13 leaves out empty
+    lists, which would give the same code another key there (and every stored run a miss)."""
+    if isinstance(node, list):
+        return f"[{', '.join(map(_dump, node))}]"
+    if not isinstance(node, ast.AST):
+        return repr(node)
+    fields = [(name, getattr(node, name, None)) for name in node._fields]
+    shown = [f"{name}={_dump(value)}" for name, value in fields
+             if not (value is None and not (name == "value" and isinstance(node, (ast.Constant, ast.MatchSingleton))))
+             and not (name in _FIELDS_AFTER_3_11 and value == [])]
+    return f"{type(node).__name__}({', '.join(shown)})"
 
 
 def training_code_version(*extra_code):

@@ -267,3 +267,17 @@ def test_store_files_get_the_permissions_of_any_new_file_not_owner_only(tmp_path
     store.write_atomically(tmp_path / "entry.json", b"{}")
     (tmp_path / "plain.json").write_bytes(b"{}")
     assert (tmp_path / "entry.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
+
+
+def test_the_code_is_read_the_same_way_on_every_python_so_stored_runs_keep_their_keys():
+    """The store's keys were made with Python 3.11's ast.dump; 3.12 adds `type_params=[]` and 3.13 leaves out empty
+    lists, so a plain ast.dump would give Colab's Python other keys for the same code. This Python's own ast.dump,
+    brought to 3.11's form, must equal what the code version hashes, over real code (torch.nn's modules)."""
+    import ast
+    import sys
+    own_form = {"show_empty": True} if sys.version_info >= (3, 13) else {}
+    files = sorted((Path(torch.__file__).parent / "nn" / "modules").glob("*.py"))
+    assert len(files) > 20
+    for path in files:
+        tree = ast.parse(path.read_text())
+        assert store._dump(tree) == ast.dump(tree, **own_form).replace(", type_params=[]", ""), path.name
