@@ -57,11 +57,14 @@ def _dump(node):
         return f"[{', '.join(map(_dump, node))}]"
     if not isinstance(node, ast.AST):
         return repr(node)
-    fields = [(name, getattr(node, name, None)) for name in node._fields]
-    shown = [f"{name}={_dump(value)}" for name, value in fields
-             if not (value is None and not (name == "value" and isinstance(node, (ast.Constant, ast.MatchSingleton))))
-             and not (name in _FIELDS_AFTER_3_11 and value == [])]
-    return f"{type(node).__name__}({', '.join(shown)})"
+    kind = type(node).__name__
+    shown = []
+    for name in node._fields:
+        value = getattr(node, name, None)
+        unset = value is None and not (name == "value" and kind in ("Constant", "MatchSingleton"))  # None is a value
+        if not unset and not (name in _FIELDS_AFTER_3_11 and value == []):
+            shown.append(f"{name}={_dump(value)}")
+    return f"{kind}({', '.join(shown)})"
 
 
 def training_code_version(*extra_code):
