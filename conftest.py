@@ -9,7 +9,7 @@ committed images/ nor read or write the committed run store runs/.
 import os
 import tempfile
 
-for name, value in {"EPOCHS": "1", "SEEDS": "1", "SWEEP_MICRO_BATCHES": "8,64", "SWEEP_TRAIN_SIZE": "1024",
+for name, value in {"EPOCHS": "1", "SEEDS": "1", "SWEEP_MICRO_BATCHES": "1,64", "SWEEP_TRAIN_SIZE": "1024",
                     "SWEEP_EPOCHS": "1", "SWEEP_SEEDS": "1", "LR_TEST_SEEDS": "1", "LR_TEST_TRAIN_SIZE": "1024",
                     "GROUP_COUNTS": "1,4", "GROUP_EPOCHS": "1", "GROUP_SEEDS": "1", "GROUP_TRAIN_SIZE": "1024"}.items():
     os.environ.setdefault(name, value)

@@ -3,7 +3,8 @@ tests, the group sweep and the activation statistics, never typed in."""
 import statistics
 
 from probes import epochs_label, finals_by_group, pooled, range_summary, value_range
-from stats import by_name, compare, final_test_accuracies, mean_sd, paired_by_seed, paired_test, sweep_points
+from stats import (by_name, compare, count_failing_at_test, fails_at_test, final_test_accuracies, mean_sd, paired_by_seed,
+                   paired_test, sweep_points)
 
 
 def _pair_sentence(result, paired=None, unit="points"):
@@ -24,11 +25,36 @@ def _range_sentence(name, curves):
     return f"{name} reached a loss of {lowest:.2f} and diverged at lr {statistics.median(r['diverged_lr'] for r in summaries):.3g}"
 
 
+def _sweep_sentence(name, by_size, sweep, failed, at_test, alpha):
+    """One normalization of the micro-batch sweep: its smallest and largest size, which sizes differ from the largest
+    beyond the seed noise (Welch, Bonferroni over the sizes compared), and the runs that diverged or fail at test."""
+    sizes = sorted(by_size)
+    ends = sizes[:1] if len(sizes) == 1 else [sizes[0], sizes[-1]]
+    text = f"- **Micro-batch sweep, {name}**: micro-batch " + ", ".join(
+        f"{s} {mean_sd(by_size[s]) if by_size[s] else 'diverged'}" for s in ends)
+    tested = [s for s in sizes[:-1] if len(by_size[s]) > 1] if len(by_size[sizes[-1]]) > 1 else []
+    results = {s: compare({str(s): by_size[s], str(sizes[-1]): by_size[sizes[-1]]}, alpha / len(tested))[0]
+               for s in tested}
+    if tested:
+        real = [f"{s} {r['difference']:+.2f} points (p = {r['p']:.2g})" for s, r in results.items()
+                if r["verdict"] == "real"]
+        text += (f"; against {sizes[-1]} (Welch, real if p < {alpha / len(tested):.2g}): "
+                 + (", ".join(real) + " real, the rest within seed noise" if real else "every size within seed noise"))
+    lost = sum(failed.get((name, s), 0) for s in sizes)
+    low = {s: at_test[name, s] for s in sizes if at_test.get((name, s))}
+    if low:
+        trained = [h["train_acc"][-1] for h in sweep if h["name"] == name and fails_at_test(h)]
+        text += (f"; below 50% at test though training reached {min(trained):.1f}-{max(trained):.1f}% (running "
+                 "train accuracy): " + ", ".join(f"{n} of {len(by_size[s])} at micro-batch {s}" for s, n in low.items()))
+    return text + (f"; {lost} run(s) diverged." if lost else ".")
+
+
 def findings(histories, reg_histories=(), sweep=(), report=None, curves=(), group_histories=(), study_groups=None,
-             activations=(), alpha=0.05):
+             activations=(), per_image=(), alpha=0.05):
     """The study's conclusions as Markdown bullets, every number computed from the histories (and the regularizer
-    report, the range tests, the group sweep and the activation statistics): which differences are real and which
-    are within seed noise, what the sweep and the penalties did, how much learning rate each normalization takes."""
+    report, the range tests, the group sweep, the activation statistics and `per_image`, the test accuracies of the
+    micro-batch-1 BN runs with per-image statistics): which differences are real and which are within seed noise, what
+    the sweep and the penalties did, how much learning rate each normalization takes."""
     lines = []
     finals = final_test_accuracies(histories)
     ranked = sorted(finals, key=lambda name: -statistics.fmean(finals[name]))
@@ -41,19 +67,13 @@ def findings(histories, reg_histories=(), sweep=(), report=None, curves=(), grou
                      + "; ".join(map(_pair_sentence, results, paired)) + ".")
     if sweep:
         points, failed = sweep_points(sweep)
-        for name, by_size in points.items():
-            sizes = sorted(by_size)
-            small, large = by_size[sizes[0]], by_size[sizes[-1]]
-            lost = sum(failed.get((name, s), 0) for s in sizes)
-            text = f"- **Micro-batch sweep, {name}**: micro-batch {sizes[0]} {mean_sd(small) if small else 'diverged'}"
-            if len(sizes) > 1:
-                text += f", {sizes[-1]} {mean_sd(large) if large else 'diverged'}"
-            if len(sizes) > 1 and len(small) > 1 and len(large) > 1:
-                r = compare({str(sizes[0]): small, str(sizes[-1]): large}, alpha)[0]
-                text += f"; difference {r['difference']:+.2f} points (Welch p = {r['p']:.2g}, real if p < {alpha})"
-            means = [statistics.fmean(by_size[s]) for s in sizes if by_size[s]]
-            text += f"; means range over {max(means) - min(means):.2f} points across micro-batch sizes" if means else ""
-            lines.append(text + (f"; {lost} run(s) diverged." if lost else "."))
+        at_test = count_failing_at_test(sweep)
+        lines += [_sweep_sentence(name, by_size, sweep, failed, at_test, alpha) for name, by_size in points.items()]
+    if per_image:
+        eval_mode = [h["test_acc"][-1] for h in sweep if h["name"] == "BN" and h["micro_batch_size"] == 1]
+        lines.append(f"- **BN at micro-batch 1**, test accuracy in eval mode (running averages) {mean_sd(eval_mode)}; "
+                     f"the same weights with each test image normalized by its own statistics, as in training, "
+                     f"{mean_sd(per_image)}.")
     if reg_histories:
         reg_finals = final_test_accuracies(reg_histories)
         reg_finals = {name: reg_finals.get(name) or finals[name] for name in ("BN", "BN + L1", "BN + L2")

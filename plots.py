@@ -38,13 +38,21 @@ def plot_micro_batch_sweep(histories, path=None, note=None):
     for each normalization trained at several sizes; one trained at a single size (LN and GN, whose statistics are
     per sample) is a flat reference line with a +-1 sd band across the whole axis.
 
-    A diverged run is drawn as an x at the bottom edge, labelled, so it cannot set the scale of the plot.
+    A diverged run is drawn as an x at the bottom edge, labelled; a size whose mean is below 50% (runs that trained but
+    fail at test) as a triangle there with its mean written beside it: neither sets the scale of the plot.
     """
     points, failed = sweep_points(histories)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     all_sizes = sorted({s for by_size in points.values() for s in by_size})
     for i, (name, by_size) in enumerate(points.items()):
-        sizes = [s for s in sorted(by_size) if by_size[s]]
+        low = [s for s in sorted(by_size) if by_size[s] and statistics.fmean(by_size[s]) < 50]
+        for size in low:
+            ax.annotate(f"{statistics.fmean(by_size[size]):.1f}%", (size, 0.03), xycoords=ax.get_xaxis_transform(),
+                        xytext=(7, -3), textcoords="offset points", color=f"C{i}", fontsize=8)
+        if low:
+            ax.plot(low, [0.03] * len(low), "v", color=f"C{i}", markersize=8, transform=ax.get_xaxis_transform(),
+                    label=f"{name}: mean below 50% at test (written beside)")
+        sizes = [s for s in sorted(by_size) if by_size[s] and s not in low]
         accs = [summarize(by_size[s]) for s in sizes]
         spread = [0 if a["n"] == 1 else a["std"] for a in accs]
         if len(by_size) == 1 and sizes:  # one size only: a reference, the same at any micro-batch

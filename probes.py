@@ -233,6 +233,21 @@ def activation_statistics(model, images):
     return found
 
 
+def with_per_image_statistics(model):
+    """A copy of a BatchNorm net whose BatchNorm layers normalize each image by its own statistics over its pixels, with
+    the same learned scale and shift (InstanceNorm2d): what BatchNorm computes in training at micro-batch 1, where eval
+    mode uses running averages instead. A run that trained well, fails in eval mode and scores high this way has
+    weights that learned and running averages that do not stand in for per-image statistics."""
+    own = copy.deepcopy(model).eval()
+    for parent in list(own.modules()):
+        for name, layer in parent.named_children():
+            if isinstance(layer, nn.BatchNorm2d):
+                instance = nn.InstanceNorm2d(layer.num_features, eps=layer.eps, affine=True).to(layer.weight.device)
+                instance.load_state_dict({"weight": layer.weight, "bias": layer.bias})
+                setattr(parent, name, instance)
+    return own
+
+
 def value_range(values):
     """The range of `values` as "low to high", two decimals: the range of the per-channel statistics in tables and findings."""
     return f"{min(values):.2f} to {max(values):.2f}"

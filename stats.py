@@ -182,12 +182,20 @@ def _verdict(result):
 
 
 def diverged(history):
-    """True for a run that did not learn: its final test loss is not finite or its final test accuracy is below 50%."""
-    return not math.isfinite(history["test_loss"][-1]) or history["test_acc"][-1] < 50
+    """True for a run whose training failed: its last epoch's training loss is not finite or its running training
+    accuracy is below 50%."""
+    return not math.isfinite(history["train_loss"][-1]) or history["train_acc"][-1] < 50
+
+
+def fails_at_test(history):
+    """True for a run that trained (did not diverge) but whose final model scores below 50% on the test set in eval
+    mode: its weights learned, what it uses at test time did not carry over (BatchNorm's running averages, for one)."""
+    return not diverged(history) and not history["test_acc"][-1] >= 50
 
 
 def sweep_points(histories):
-    """{name: {micro-batch size: [final test accuracy of each seed that did not diverge]}} and the diverged count."""
+    """{name: {micro-batch size: [final test accuracy of each seed that did not diverge]}} and the diverged count per
+    (name, size). A run that trained but fails at test is a result, not a failure of the run: it is in the list."""
     points, failed = {}, {}
     for h in histories:
         size = h["micro_batch_size"]
@@ -199,18 +207,29 @@ def sweep_points(histories):
     return points, failed
 
 
+def count_failing_at_test(histories):
+    """{(name, micro-batch size): how many of its runs trained but score below 50% at test}."""
+    counts = {}
+    for h in filter(fails_at_test, histories):
+        counts[h["name"], h["micro_batch_size"]] = counts.get((h["name"], h["micro_batch_size"]), 0) + 1
+    return counts
+
+
 def sweep_table(histories):
     """Markdown: final test accuracy mean +- sd over seeds, one row per micro-batch size, one column per normalization;
-    diverged runs are counted, not averaged in."""
+    diverged runs are counted, not averaged in; runs that trained but score below 50% at test are averaged in and
+    counted."""
     points, failed = sweep_points(histories)
+    at_test = count_failing_at_test(histories)
     names = list(points)
     sizes = sorted({size for by_size in points.values() for size in by_size})
     rows = ["| micro-batch | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
     for size in sizes:
         cells = []
         for name in names:
-            values, lost = points[name].get(size, []), failed.get((name, size), 0)
+            values, lost, low = points[name].get(size, []), failed.get((name, size), 0), at_test.get((name, size), 0)
             cell = mean_sd(values) if values else "-"
-            cells.append(cell + (f" ({lost} of {lost + len(values)} diverged)" if lost else ""))
+            cell += f" ({lost} of {lost + len(values)} diverged)" if lost else ""
+            cells.append(cell + (f" ({low} of {lost + len(values)} below 50% at test)" if low else ""))
         rows.append(f"| {size} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -202,3 +202,28 @@ def test_group_table_gives_each_count_and_its_paired_difference_from_the_study()
     mean_line = [line for line in figure.axes[0].lines if line.get_label() == "mean over seeds"][0]
     assert list(mean_line.get_xdata()) == [1, 4, 8]
     assert list(mean_line.get_ydata()) == pytest.approx([99.15, 99.31, 99.3133], abs=1e-3)
+
+
+# ---------------------------------------------------------------- BatchNorm at micro-batch 1
+
+def test_per_image_statistics_are_what_batchnorm_at_micro_batch_1_computes_in_training(tiny):
+    """The copy normalizes each test image as Net(micro_batch=1) normalized each training image (dropout off), with
+    the trained scale and shift: after a few steps its outputs equal that net's in training mode, and differ from eval
+    mode's running averages; the model itself is left as it was."""
+    (train_x, train_y), (test_x, _) = tiny
+    model = Net("bn", dropout=0.0, micro_batch=1)
+    optimizer = utils.make_optimizer(model, 0.05)
+    utils.train_epoch(model, optimizer, utils.make_scheduler(optimizer, 0.05, 4),
+                      utils.batches(train_x, train_y, 128), augment_batch=None)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    own = probes.with_per_image_statistics(model)
+    with torch.no_grad():
+        per_image = own(test_x[:64])
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # the model is untouched
+        training, running = model.train()(test_x[:64]), model.eval()(test_x[:64])
+    assert sum(isinstance(m, nn.InstanceNorm2d) for m in own.modules()) == 6
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in own.modules())
+    torch.testing.assert_close(per_image, training, rtol=1e-4, atol=1e-4)
+    assert (per_image - running).abs().max() > 0.1
+    plain = probes.with_per_image_statistics(Net("bn"))  # a run loaded from the store is a plain BatchNorm net
+    assert sum(isinstance(m, nn.InstanceNorm2d) for m in plain.modules()) == 6

@@ -90,7 +90,7 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
     assert message in str(error.value)
 
 
-@pytest.mark.parametrize("micro_batch", [2, 16])
+@pytest.mark.parametrize("micro_batch", [1, 2, 16])
 def test_ghost_batchnorm_in_one_pass_equals_gradient_accumulation_over_micro_batches(tiny, micro_batch):
     """One step of Net(micro_batch=m) over 128 digits gives the loss, every gradient and the running statistics that
     128 / m forward and backward passes of plain BatchNorm give (dropout off: the two draw their masks differently).
