@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 import torch
-from matplotlib.ticker import MaxNLocator, NullLocator, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator, ScalarFormatter
 
 from probes import divergence_step, epochs_label, finals_by_group, smoothed
 from stats import by_name, common_seeds, paired_by_seed, summarize, sweep_points
@@ -207,8 +207,12 @@ def plot_train_curves(histories, path=None, note=None):
                 ax=left)
     errors = [{**h, "train_error": [100 - a for a in h["train_acc"]]} for h in histories]
     plot_metric(errors, "train_error", "error (%, log scale)", "Training error (running, augmented batches)", ax=right)
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.02, not 2x10^-2
     for ax in (left, right):
         ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2, 5)))
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     return _finish(fig, path, note)
 
 

@@ -135,3 +135,15 @@ def test_results_table_reports_final_and_labelled_best_epoch():
     assert row.startswith("| GN | 3 | 99.40% |")  # a row per run, named by its seed
     assert "99.50% (2)" in row and "| 4 s |" in row
     assert "final test acc" in table and "best test acc (epoch)" in table
+
+
+def test_training_curves_label_their_log_axes_with_plain_numbers():
+    """0.02 and 5, not 2x10^-2 and 5x10^0: the rendered notebook showed the mathtext labels as clutter."""
+    histories = [dict(fake_history("BN + L1", [90.0, 98.0, 99.0]), train_loss=[0.6, 0.1, 0.02],
+                      train_acc=[80.0, 97.0, 99.4])]
+    fig = plots.plot_train_curves(histories)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True) if t.get_text()]
+        assert len(labels) >= 3 and all(float(label) > 0 for label in labels), labels
+    plots.plt.close(fig)
