@@ -32,9 +32,9 @@ def _sweep_sentence(name, by_size, sweep, failed, at_test, alpha):
     ends = sizes[:1] if len(sizes) == 1 else [sizes[0], sizes[-1]]
     text = f"- **Micro-batch sweep, {name}**: micro-batch " + ", ".join(
         f"{s} {mean_sd(by_size[s]) if by_size[s] else 'diverged'}" for s in ends)
-    tested = [s for s in sizes[:-1] if len(by_size[s]) > 1] if len(by_size[sizes[-1]]) > 1 else []
-    results = {s: compare({str(s): by_size[s], str(sizes[-1]): by_size[sizes[-1]]}, alpha / len(tested))[0]
-               for s in tested}
+    largest = by_size[sizes[-1]]
+    tested = [s for s in sizes[:-1] if len(by_size[s]) > 1 and len(largest) > 1]  # a t-test needs 2+ seeds a side
+    results = {s: compare({str(s): by_size[s], str(sizes[-1]): largest}, alpha / len(tested))[0] for s in tested}
     if tested:
         real = [f"{s} {r['difference']:+.2f} points (p = {r['p']:.2g})" for s, r in results.items()
                 if r["verdict"] == "real"]

@@ -45,9 +45,10 @@ def plot_micro_batch_sweep(histories, path=None, note=None):
     fig, ax = plt.subplots(figsize=(7, 4.2))
     all_sizes = sorted({s for by_size in points.values() for s in by_size})
     for i, (name, by_size) in enumerate(points.items()):
-        low = [s for s in sorted(by_size) if by_size[s] and statistics.fmean(by_size[s]) < 50]
+        means = {s: statistics.fmean(values) for s, values in by_size.items() if values}
+        low = sorted(s for s, mean in means.items() if mean < 50)
         for size in low:
-            ax.annotate(f"{statistics.fmean(by_size[size]):.1f}%", (size, 0.03), xycoords=ax.get_xaxis_transform(),
+            ax.annotate(f"{means[size]:.1f}%", (size, 0.03), xycoords=ax.get_xaxis_transform(),
                         xytext=(7, -3), textcoords="offset points", color=f"C{i}", fontsize=8)
         if low:
             ax.plot(low, [0.03] * len(low), "v", color=f"C{i}", markersize=8, transform=ax.get_xaxis_transform(),
