@@ -11,10 +11,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Net
+from model import Net, pack
 from stats import mean_sd, by_name, paired_test
-from store import write_atomically, run_key, training_code_version
-from utils import batches, conv_weights, device_name, make_optimizer, set_seed, train_epoch
+from store import seed_groups, write_atomically, run_key, training_code_version
+from utils import (conv_weights, device_name, make_optimizer, seed_stream, set_seed, train_epoch,
+                   training_batches)
 
 
 NORM_LAYERS = (nn.BatchNorm2d, nn.GroupNorm)
@@ -47,23 +48,6 @@ def layer_table(models):
     rows.append("| all layers | " + " | ".join(
         f"{sum(p.numel() for p in m.parameters()):,} parameters" for m in models.values()) + " |")
     return "\n".join(rows)
-
-
-def build_model(norm="bn", groups=4, dropout=0.05):
-    """Net(norm, groups, dropout); norm="none" gives the same net with every normalization layer replaced by the
-    identity: the unnormalized reference of the learning-rate range test.
-
-    Normalization layers draw no random numbers when built, so every variant starts from the same conv weights
-    for the same seed.
-    """
-    if norm != "none":
-        return Net(norm, groups, dropout)
-    model = Net("bn", groups, dropout)
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, NORM_LAYERS):
-                setattr(parent, name, nn.Identity())
-    return model
 
 
 def exponential_lr(lr_min, lr_max, steps):
@@ -99,32 +83,43 @@ def divergence_step(losses, give_back=0.5, min_improvement=0.1):
     return None
 
 
-def lr_range_test(spec, data):
-    """Train `build_model(**spec["model"])` for at most one epoch of spec["train_size"] images with the learning rate
-    raised exponentially from spec["lr_min"] to spec["lr_max"]; returns {"lr": [...], "loss": [...]} per step.
+def lr_range_test(specs, data):
+    """Train Net(**spec["model"]) of each of `specs`, which differ in their seed only, together (one Net of as many
+    copies) for at most one epoch of spec["train_size"] images with the learning rate raised exponentially from
+    spec["lr_min"] to spec["lr_max"]; returns one {"lr": [...], "loss": [...]} per spec, a point per step.
 
-    Same optimizer (SGD, Nesterov momentum), augmentation and one training loop as the study, no penalty; the loss
-    is each batch's, before its step. The whole epoch runs (the curve after divergence shows whether the net
-    recovers or collapses to chance) unless the loss stops being a number.
+    Same optimizer (SGD, Nesterov momentum 0.95), augmentation and one training loop as the study, no penalty; the
+    loss is each batch's, before its step. The whole epoch runs (the curve after divergence shows whether the net
+    recovers or collapses to chance); a seed's curve ends where its loss stops being a number, and the epoch where
+    every seed's has. The seeds are side by side in one net, so a seed that diverges does not touch the others.
     """
+    spec = specs[0]
     (train_x, train_y), _ = data
     train_x, train_y = train_x[:spec["train_size"]], train_y[:spec["train_size"]]
-    set_seed(spec["seed"])
-    model = build_model(**spec["model"]).to(train_x.device)
+    nets = []
+    for s in specs:
+        set_seed(s["seed"])
+        nets.append(Net(**spec["model"]))
+    model = pack(nets).to(train_x.device)
+    generators = [seed_stream(s["seed"], train_x.device) for s in specs]
+    model.draw_from(generators)
     steps = len(train_x) // spec["batch_size"]
     optimizer = make_optimizer(model, spec["lr_min"])
     lr_at = exponential_lr(spec["lr_min"], spec["lr_max"], steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_at(k) / spec["lr_min"])
-    curve = {"lr": [], "loss": []}
-    for batch in batches(train_x, train_y, spec["batch_size"], shuffle=True, drop_last=True):
-        curve["lr"].append(optimizer.param_groups[0]["lr"])
-        curve["loss"].append(train_epoch(model, optimizer, scheduler, [batch])[0])
-        if not math.isfinite(curve["loss"][-1]):
+    curves = [{"lr": [], "loss": []} for _ in specs]
+    for batch in training_batches(train_x, train_y, spec["batch_size"], generators):
+        lr = optimizer.param_groups[0]["lr"]
+        for curve, loss in zip(curves, train_epoch(model, optimizer, scheduler, [batch])[0]):
+            if not curve["loss"] or math.isfinite(curve["loss"][-1]):
+                curve["lr"].append(lr)
+                curve["loss"].append(loss)
+        if not any(math.isfinite(curve["loss"][-1]) for curve in curves):
             break
-    return curve
+    return curves
 
 
-LR_RANGE_CODE = (build_model, exponential_lr, lr_range_test)  # what decides a range test's curve
+LR_RANGE_CODE = (exponential_lr, lr_range_test)  # what decides a range test's curve
 
 
 def lr_range_spec(config, seed, batch_size=128, lr_min=1e-3, lr_max=100.0, train_size=60_000, device="cpu"):
@@ -134,37 +129,50 @@ def lr_range_spec(config, seed, batch_size=128, lr_min=1e-3, lr_max=100.0, train
             "device": torch.device(device).type}
 
 
+def _load_range_test(path):
+    """The stored entry at `path`, or None when there is none or it is unreadable (reported)."""
+    if not path.exists():
+        return None
+    try:
+        entry = json.loads(path.read_text())
+        entry["curve"]["loss"]
+        return entry
+    except (ValueError, KeyError, TypeError) as error:
+        print(f"run store: entry {path} is unreadable ({type(error).__name__}: {error}); running it again")
+        return None
+
+
 def lr_range_or_load(specs, store, data, retrain=False):
-    """The curve of every range test in `specs`, loaded from the run store or run here and stored (one JSON each).
+    """The curve of every range test in `specs`, loaded from the run store or run here (the missing seeds of a network
+    together) and stored (one JSON each).
 
     Each curve is {"name", "seed", "lr", "loss", "trained_on"}; a line per test says what was loaded or run.
     """
-    curves = []
-    for spec in specs:
-        path = Path(store) / f"{run_key(spec, LR_RANGE_CODE)}.json"
-        entry = None
-        if path.exists() and not retrain:
-            try:
-                entry = json.loads(path.read_text())
-                how = f"loaded from the store (run {entry['trained_at']} on {entry['trained_on']})"
-            except (ValueError, KeyError) as error:
-                print(f"run store: entry {path} is unreadable ({type(error).__name__}: {error}); running it again")
-                entry = None
-        if entry is None:
-            start = time.perf_counter()
-            curve = lr_range_test(spec, data)
-            entry = {"key": path.stem, "spec": spec, "code_version": training_code_version(*LR_RANGE_CODE),
-                     "trained_on": device_name(spec["device"]), "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                     "seconds": time.perf_counter() - start, "torch": torch.__version__, "curve": curve}
+    paths = [Path(store) / f"{run_key(spec, LR_RANGE_CODE)}.json" for spec in specs]
+    entries = {path: None if retrain else _load_range_test(path) for path in paths}
+    how = {path: f"loaded from the store (run {entry['trained_at']} on {entry['trained_on']})"
+           for path, entry in entries.items() if entry}
+    for group in seed_groups([spec for spec, path in zip(specs, paths) if entries[path] is None]):
+        start = time.perf_counter()
+        curves = lr_range_test(group, data)
+        seconds = (time.perf_counter() - start) / len(group)
+        where = device_name(group[0]["device"]) + (f", {len(group)} seeds together" if len(group) > 1 else "")
+        for spec, curve in zip(group, curves):
+            path = Path(store) / f"{run_key(spec, LR_RANGE_CODE)}.json"
+            entries[path] = {"key": path.stem, "spec": spec, "code_version": training_code_version(*LR_RANGE_CODE),
+                             "trained_on": where, "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                             "seconds": seconds, "torch": torch.__version__, "curve": curve}
             Path(store).mkdir(parents=True, exist_ok=True)
-            write_atomically(path, json.dumps(entry, indent=1).encode())
-            how = f"run now, {entry['seconds']:.0f} s"
-        curve = entry["curve"]
+            write_atomically(path, json.dumps(entries[path], indent=1).encode())
+            how[path] = f"run now, {seconds:.0f} s"
+    curves = []
+    for spec, path in zip(specs, paths):
+        curve = entries[path]["curve"]
         step = divergence_step(curve["loss"])
         where = f"diverged at lr {curve['lr'][step]:.3g}" if step is not None else "did not diverge"
-        print(f"{spec['name']:>14} seed {spec['seed']}: {len(curve['loss'])} steps, {where} | {how}", flush=True)
+        print(f"{spec['name']:>14} seed {spec['seed']}: {len(curve['loss'])} steps, {where} | {how[path]}", flush=True)
         curves.append({"name": spec["name"], "seed": spec["seed"], **curve,
-                       "trained_on": f"{entry['trained_on']}, torch {entry['torch']}"})
+                       "trained_on": f"{entries[path]['trained_on']}, torch {entries[path]['torch']}"})
     return curves
 
 

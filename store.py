@@ -18,9 +18,9 @@ import torch
 from tqdm import tqdm
 
 from model import Net
-from utils import (MNIST_MEAN, MNIST_STD, augment, batches, conv_weights, device_name, evaluate, final_evaluation,
-                   l1_penalty, load_mnist, make_optimizer, make_scheduler, misclassified, predict, set_seed, train_epoch,
-                   train_model)
+from utils import (MNIST_MEAN, MNIST_STD, MOMENTUM, augment, conv_weights, device_name, evaluate, final_evaluation,
+                   l1_penalty, load_mnist, make_optimizer, make_scheduler, misclassified, predict, seed_stream, set_seed,
+                   train_epoch, train_model, training_batches)
 
 
 def run_spec(config, seed, epochs, batch_size=128, max_lr=0.1, device="cpu", train_size=60_000,
@@ -81,7 +81,7 @@ def training_code_version(*extra_code):
 def _code_hash(functions):
     import model as model_module
     sources = [inspect.getsource(model_module)] + [inspect.getsource(f) for f in functions]
-    text = "\n".join(map(_without_docstrings, sources)) + repr((MNIST_MEAN, MNIST_STD))
+    text = "\n".join(map(_without_docstrings, sources)) + repr((MNIST_MEAN, MNIST_STD, MOMENTUM))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -183,27 +183,47 @@ def cached_mnist(root, device):
     return load_mnist(root, device)
 
 
-def train_and_store(spec, store, data_dir="data", threads=None):
-    """Train the run `spec` on the first spec["train_size"] training images and store it; returns its store key.
+def train_and_store(specs, store, data_dir="data", threads=None):
+    """Train the runs `specs`, which differ in their seed only, together (one Net of as many copies) on the first
+    spec["train_size"] training images, and store each as a run of its own; returns their store keys.
 
     This is one job of a parallel worker, and the same call in the notebook's own process; `threads` sets
     torch's thread count there (the thread count changes the last digits of the results).
     """
     if threads:
         torch.set_num_threads(threads)
+    spec = specs[0]
     device = torch.device(spec["device"])
     (train_x, train_y), test = cached_mnist(data_dir, device)
     data = ((train_x[:spec["train_size"]], train_y[:spec["train_size"]]), test)
     config = {k: spec[k] for k in ("name", "model", "l1", "l2")}
-    model, history = train_model(config, data, spec["epochs"], spec["batch_size"], spec["max_lr"], spec["seed"],
-                                 device, progress=False, micro_batch_size=spec["micro_batch_size"])
-    return save_run(store, spec, model, history, device_name(device))
+    runs = train_model(config, data, spec["epochs"], spec["batch_size"], spec["max_lr"], [s["seed"] for s in specs],
+                       device, progress=False, micro_batch_size=spec["micro_batch_size"])
+    where = device_name(device) + (f", {len(specs)} seeds together" if len(specs) > 1 else "")
+    return [save_run(store, s, model, history, where) for s, (model, history) in zip(specs, runs)]
+
+
+def seed_groups(specs, most=None):
+    """`specs` in groups that can train together, in order: runs that differ in their seed only, at most `most` a
+    group (None: no limit)."""
+    groups = {}
+    for spec in specs:
+        groups.setdefault(json.dumps({k: v for k, v in spec.items() if k != "seed"}, sort_keys=True), []).append(spec)
+    most = most or len(specs)
+    return [group[i:i + most] for group in groups.values() for i in range(0, len(group), most)]
 
 
 def default_workers(device):
-    """Parallel runs that suit `device`: one per CPU core on the CPU (this small net uses two threads poorly),
-    one on a GPU."""
+    """Parallel training processes that suit `device`: one per CPU core on the CPU (this small net uses two threads
+    poorly, even with seeds together), one on a GPU."""
     return (os.cpu_count() or 1) if torch.device(device).type == "cpu" else 1
+
+
+def default_together(device):
+    """How many seeds of a configuration train together on `device`: all of them on a GPU, where a step's time is the
+    number of operators it launches, whatever their size; one at a time on the CPU, where parallel workers are as fast
+    (benchmark.py) and an interrupted call loses only the runs in progress."""
+    return None if torch.device(device).type == "cuda" else 1
 
 
 def describe_run(spec, entry, trained_now, micro_batch=False):
@@ -216,12 +236,13 @@ def describe_run(spec, entry, trained_now, micro_batch=False):
     return f"{spec['name']:>8}{extra} seed {spec['seed']}: final test acc {h['test_acc'][-1]:6.2f}% | {how}"
 
 
-def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False):
+def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False, together=None):
     """(model, history) for every spec, in order: loaded from `store` when there, trained and stored when not.
 
-    Missing runs train in `workers` parallel processes (joblib), one torch thread each, or in this process
-    when `workers` is 1; each is stored the moment it ends, so an interrupted call loses only the runs in
-    progress. Prints a line per run and a progress bar over the runs; `retrain` trains every spec anew.
+    The missing seeds of a configuration train together, at most `together` at a time (None: all), in `workers`
+    parallel processes (joblib), one torch thread each, or in this process when `workers` is 1; each run is stored the
+    moment its group ends, so an interrupted call loses only the groups in progress. Prints a line per run and a
+    progress bar over the runs; `retrain` trains every spec anew.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -235,28 +256,30 @@ def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False
     for spec, result in zip(specs, results):
         if result:
             print(describe_run(spec, result[1], trained_now=False, micro_batch=sweep), flush=True)
-    todo = [spec for spec, result in zip(specs, results) if result is None]
+    todo = seed_groups([spec for spec, result in zip(specs, results) if result is None], together)
     if todo:
+        runs = sum(map(len, todo))
         threads = max(1, (os.cpu_count() or 1) // workers)
         if workers == 1:
-            jobs = (train_and_store(spec, store, data_dir) for spec in todo)
+            jobs = (train_and_store(group, store, data_dir) for group in todo)
         else:
             jobs = joblib.Parallel(n_jobs=workers, return_as="generator_unordered")(
-                joblib.delayed(train_and_store)(spec, store, data_dir, threads) for spec in todo)
-        with tqdm(total=len(todo), desc=f"training {len(todo)} runs on {workers} worker(s)", unit="run",
-                  file=sys.stdout, ncols=110, ascii=" #") as bar:
-            for key in jobs:
-                entry = json.loads((Path(store) / f"{key}.json").read_text())
-                bar.write(describe_run(entry["spec"], entry, trained_now=True, micro_batch=sweep))
-                bar.update()
+                joblib.delayed(train_and_store)(group, store, data_dir, threads) for group in todo)
+        with tqdm(total=runs, desc=f"training {runs} runs in {len(todo)} group(s) on {workers} worker(s)",
+                  unit="run", file=sys.stdout, ncols=110, ascii=" #") as bar:
+            for group_keys in jobs:
+                for key in group_keys:
+                    entry = json.loads((Path(store) / f"{key}.json").read_text())
+                    bar.write(describe_run(entry["spec"], entry, trained_now=True, micro_batch=sweep))
+                    bar.update()
     loaded = [result or load_run(store, spec) for spec, result in zip(specs, results)]
     if any(result is None for result in loaded):
         raise RuntimeError(f"run store {store}: a run just trained could not be read back")
     return [(model.to(torch.device(spec["device"])), entry["history"]) for spec, (model, entry) in zip(specs, loaded)]
 
 
-TRAINING_CODE = (set_seed, augment, batches, conv_weights, l1_penalty, make_optimizer, make_scheduler, train_epoch,
-                 predict, evaluate, train_model, final_evaluation, misclassified)
+TRAINING_CODE = (set_seed, seed_stream, augment, training_batches, conv_weights, l1_penalty, make_optimizer,
+                 make_scheduler, train_epoch, predict, evaluate, train_model, final_evaluation, misclassified)
 
 
 def save_histories(histories, path):

@@ -19,15 +19,9 @@ import torch.nn.functional as F
 from torchvision import datasets
 from tqdm import tqdm
 
-from model import Net
+from model import Net, pack, unpack
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-BACKGROUND = (0.0 - MNIST_MEAN) / MNIST_STD  # a black pixel after normalization
-
-
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-
-
 BACKGROUND = (0.0 - MNIST_MEAN) / MNIST_STD  # a black pixel after normalization
 
 
@@ -46,10 +40,21 @@ def device_name(device):
 
 
 def set_seed(seed):
-    """Seed every generator the study uses; with cuDNN's autotuner off, a run is repeatable on one device."""
+    """Seed torch's global generator, from which a net draws its initial weights, and make every run repeatable and
+    fp32 on any device: cuDNN's autotuner off, and no TF32, which PyTorch uses for convolutions by default on Ampere
+    and newer GPUs (not on a T4, nor on the CPU), so that a run keyed "cuda" is one computation on every GPU."""
     torch.manual_seed(seed)  # CPU and all GPUs
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def seed_stream(seed, device):
+    """The random stream of one seed's run on `device`: its batch order, augmentation and dropout masks, drawn from a
+    generator of its own, so that the seed's run is the same whether it trains alone or beside other seeds. Seeded
+    2**32 above the seed, so that it never repeats the numbers its initial weights were drawn from."""
+    return torch.Generator(torch.device(device)).manual_seed(2**32 + seed)
 
 
 MNIST_LAYOUT = {  # file name: (magic number, dimensions): the IDX header of each MNIST file
@@ -140,29 +145,37 @@ def download_mnist(root, missing):
             f"decompressed files {', '.join(MNIST_FILES)} into {raw}/ (README: Offline)") from None
 
 
-def augment(images, max_degrees=7.0, max_shift=2.0):
-    """Rotate each image by up to `max_degrees` and shift it by up to `max_shift` pixels, all in one batch op.
+def augment(images, uniforms, max_degrees=7.0, max_shift=2.0):
+    """Rotate each image by up to `max_degrees` and shift it by up to `max_shift` pixels, all in one batch op; image
+    i's angle and shifts are set by uniforms[i], three numbers in [0, 1) that its seed's stream drew.
 
     Pixels that come in from outside the frame are background (black), as in the original digits.
     """
-    n = images.shape[0]
-    angle = (torch.rand(n, device=images.device) * 2 - 1) * math.radians(max_degrees)
-    shift = (torch.rand(n, 2, device=images.device) * 2 - 1) * (2 * max_shift / images.shape[-1])
+    spread = uniforms * 2 - 1
+    angle = spread[:, 0] * math.radians(max_degrees)
+    shift = spread[:, 1:] * (2 * max_shift / images.shape[-1])
     cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack([cos, -sin, shift[:, 0], sin, cos, shift[:, 1]], 1).view(-1, 2, 3)
     grid = F.affine_grid(theta, images.shape, align_corners=False)
     return F.grid_sample(images - BACKGROUND, grid, align_corners=False) + BACKGROUND
 
 
-def batches(images, labels, batch_size, shuffle=False, drop_last=False):
-    """Yield (images, labels) mini-batches of on-device tensors; a new random order each call if `shuffle`."""
-    n = len(images)
-    order = torch.randperm(n, device=images.device) if shuffle else torch.arange(n, device=images.device)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size]
-        yield images[index], labels[index]
+def training_batches(images, labels, batch_size, generators, augmented=True):
+    """One epoch of augmented training batches for the seeds trained together, seed k drawing its batch order and
+    augmentation from generators[k]: a seed sees the same batches whether it trains alone or beside others.
+
+    Yields (x, y) for each full batch (the last partial one is dropped): x (batch, seeds, 28, 28) with seed k's
+    digits in channel k, as Net(copies=seeds) reads them (for one seed, the usual (batch, 1, 28, 28)); y (batch, seeds).
+    """
+    n, device, seeds = len(images), images.device, len(generators)
+    orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in generators])
+    uniforms = torch.stack([torch.rand(n, 3, generator=g, device=device, dtype=images.dtype) for g in generators])
+    for start in range(0, n - batch_size + 1, batch_size):
+        index = orders[:, start:start + batch_size]  # (seeds, batch)
+        x = images[index].flatten(0, 1)
+        if augmented:
+            x = augment(x, uniforms[:, start:start + batch_size].flatten(0, 1))
+        yield x.view(seeds, batch_size, *images.shape[-2:]).transpose(0, 1), labels[index].T
 
 
 def conv_weights(model):
@@ -175,47 +188,55 @@ def conv_weights(model):
 
 
 def l1_penalty(model):
-    """Sum of the absolute values of all conv weights (multiply by the L1 lambda and add to the loss)."""
+    """Sum of the absolute values of all conv weights (multiply by the L1 lambda and add to the loss); for seeds
+    trained together, the sum of their penalties, whose gradient reaches each seed's weights alone."""
     return sum(w.abs().sum() for w in conv_weights(model))
 
 
-def make_optimizer(model, lr, l2=0.0, momentum=0.9):
-    """SGD with Nesterov momentum; L2 acts as weight decay `l2` on the conv weights only."""
+MOMENTUM = (0.85, 0.95)  # SGD's Nesterov momentum, cycled by the one-cycle schedule opposite to the learning rate
+
+
+def make_optimizer(model, lr, l2=0.0):
+    """SGD with Nesterov momentum, one update call per operation for all parameters (foreach, as on a GPU); L2 acts
+    as weight decay `l2` on the conv weights only. The momentum is the scheduler's (MOMENTUM)."""
     decayed = conv_weights(model)
     others = [p for p in model.parameters() if all(p is not w for w in decayed)]
     groups = [{"params": decayed, "weight_decay": l2}, {"params": others, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    return torch.optim.SGD(groups, lr=lr, momentum=MOMENTUM[1], nesterov=True, foreach=True)
 
 
 def make_scheduler(optimizer, max_lr, total_steps):
-    """One-cycle learning rate: warm up for a fifth of the steps, then cosine down; a function of the step only."""
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps,
-                                               pct_start=0.2, div_factor=10, final_div_factor=100)
+    """One-cycle schedule, a function of the step only: the learning rate warms up from max_lr / 10 to max_lr over the
+    first fifth of the steps, then falls on a cosine to max_lr / 1000; the momentum moves the other way, from 0.95
+    down to 0.85 at the peak and back to 0.95."""
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=0.2,
+                                               div_factor=10, final_div_factor=100, cycle_momentum=True,
+                                               base_momentum=MOMENTUM[0], max_momentum=MOMENTUM[1])
 
 
-def train_epoch(model, optimizer, scheduler, loader, l1=0.0, augment_batch=augment, on_step=None,
-                micro_batch_size=None):
-    """One training pass over `loader`, an iterable of (images, labels) batches, each augmented by `augment_batch`.
+def train_epoch(model, optimizer, scheduler, loader, l1=0.0, on_step=None, micro_batch_size=None):
+    """One training pass over `loader`, an iterable of (x, y) batches as training_batches makes them, for the seeds
+    that `model` (a Net of as many copies) trains side by side.
 
-    Each batch is one optimizer step. With `micro_batch_size`, the model sees the batch in chunks of that many
-    samples and their gradients are summed before the step (gradient accumulation, what a GPU too small for the batch
-    does): the step equals the whole batch's for LN and GN, while BN normalizes with each chunk's own statistics. The
-    study's micro-batch sweep gets BN's chunk statistics in one pass instead (Net's micro_batch); this is the
-    reference that one pass is tested against. Returns (mean loss, accuracy %)
-    over the epoch: running, sample-weighted figures while the weights change, of the cross-entropy alone
-    (without the L1 term). The scheduler steps once per batch. `on_step()` is called after each step.
+    Each batch is one optimizer step on the sum of the seeds' mean losses, so each seed's weights get exactly their
+    own gradients. With `micro_batch_size`, the model sees the batch in chunks of that many samples and their
+    gradients are summed before the step (gradient accumulation, what a GPU too small for the batch does): the step
+    equals the whole batch's for LN and GN, while BN normalizes with each chunk's own statistics. The study's
+    micro-batch sweep gets BN's chunk statistics in one pass instead (Net's micro_batch); this is the reference that
+    one pass is tested against. Returns ([mean loss per seed], [accuracy % per seed]) over the epoch: running,
+    sample-weighted figures while the weights change, of the cross-entropy alone (without the L1 term). The
+    scheduler steps once per batch. `on_step()` is called after each step.
     """
     model.train()
     loss_sums, hits, seen = [], [], 0
     for x, y in loader:
-        x = augment_batch(x) if augment_batch else x
         optimizer.zero_grad(set_to_none=True)
         for x_part, y_part in zip(x.split(micro_batch_size or len(y)), y.split(micro_batch_size or len(y))):
-            log_probs = model(x_part)
-            loss_sum = F.nll_loss(log_probs, y_part, reduction="sum")
-            (loss_sum / len(y)).backward()
+            log_probs = model(x_part).view(*y_part.shape, -1)  # (samples, seeds, 10)
+            loss_sum = F.nll_loss(log_probs.flatten(0, 1), y_part.flatten(), reduction="none").view_as(y_part).sum(0)
+            (loss_sum.sum() / len(y)).backward()
             loss_sums.append(loss_sum.detach())  # tensors: no waiting for the GPU inside the loop
-            hits.append((log_probs.argmax(1) == y_part).sum())
+            hits.append((log_probs.argmax(-1) == y_part).sum(0))
         if l1:
             (l1 * l1_penalty(model)).backward()
         optimizer.step()
@@ -223,27 +244,31 @@ def train_epoch(model, optimizer, scheduler, loader, l1=0.0, augment_batch=augme
         seen += len(y)
         if on_step:
             on_step()
-    return torch.stack(loss_sums).sum().item() / seen, 100.0 * torch.stack(hits).sum().item() / seen
+    return (torch.stack(loss_sums).sum(0) / seen).tolist(), (100.0 * torch.stack(hits).sum(0) / seen).tolist()
 
 
 @torch.inference_mode()
 def predict(model, images, batch_size=1000):
-    """Log-probabilities for `images` from the model in eval mode, in the order given."""
+    """Log-probabilities (N, copies, 10) of each copy of `model` for all of `images` (N, 1, 28, 28), in eval mode, in
+    the order given."""
     model.eval()
-    return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    copies = model.copies
+    return torch.cat([model(images[i:i + batch_size].expand(-1, copies, -1, -1)).view(-1, copies, 10)
+                      for i in range(0, len(images), batch_size)])
 
 
 def evaluate(model, images, labels):
-    """(mean loss, accuracy %) on a fixed set: summed per-sample cross-entropy / N, and percent correct."""
+    """[(mean loss, accuracy %)] on a fixed set, one pair per copy of `model` (one for a plain Net): summed
+    per-sample cross-entropy / N, and percent correct."""
     log_probs = predict(model, images)
-    loss = F.nll_loss(log_probs, labels, reduction="sum").item() / len(labels)
-    return loss, 100.0 * (log_probs.argmax(1) == labels).sum().item() / len(labels)
+    return [(F.nll_loss(log_probs[:, k], labels, reduction="sum").item() / len(labels),
+             100.0 * (log_probs[:, k].argmax(1) == labels).sum().item() / len(labels)) for k in range(model.copies)]
 
 
-def misclassified(model, images, labels, count=10):
-    """The `count` most confident mistakes of the model: dict of index, predicted, actual, probability lists."""
-    probs = predict(model, images).exp()
-    confidence, predicted = probs.max(1)
+def misclassified(log_probs, labels, count=10):
+    """The `count` most confident mistakes among one model's log-probabilities (N, 10): dict of index, predicted,
+    actual, probability lists."""
+    confidence, predicted = log_probs.exp().max(1)
     wrong = (predicted != labels).nonzero().squeeze(1)
     order = torch.sort(confidence[wrong], descending=True, stable=True).indices[:count]
     index = wrong[order]
@@ -256,53 +281,67 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seed=1, device="cpu", progress=True,
+def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seeds=(1,), device="cpu", progress=True,
                 micro_batch_size=None):
-    """Build `Net(**config["model"])`, train it for `epochs` and test after each; returns (model, history).
+    """Train `Net(**config["model"])` once per seed in `seeds`, all seeds together as one Net of as many copies, for
+    `epochs`, testing after each; returns [(model, history), ...], one plain Net and its history per seed.
 
-    `config` is {"name": ..., "model": Net kwargs, "l1": lambda, "l2": lambda}. The history holds plain
-    numbers per epoch (JSON-ready) plus the config, seed, parameter count and the final model's final_evaluation.
-    A `micro_batch_size` below `batch_size` makes BatchNorm take its statistics over groups of that many samples
-    (Net's micro_batch, ghost batch normalization) in one pass over each batch of `batch_size`.
+    Seed s draws its initial weights from torch.manual_seed(s) and everything else from seed_stream(s), so its run
+    does not depend on which seeds train beside it. `config` is {"name": ..., "model": Net kwargs, "l1": lambda,
+    "l2": lambda}. A history holds plain numbers per epoch (JSON-ready; "seconds" is the seed's share of the epoch's
+    time) plus the config, seed, parameter count and the final model's final_evaluation. A `micro_batch_size` below
+    `batch_size` makes BatchNorm take its statistics over groups of that many samples (Net's micro_batch, ghost batch
+    normalization) in one pass over each batch of `batch_size`.
     """
     (train_x, train_y), (test_x, test_y) = data
     if micro_batch_size is not None and not 1 <= micro_batch_size <= batch_size:
         raise ValueError(f"micro_batch_size must be between 1 and batch_size {batch_size}, got {micro_batch_size}")
-    set_seed(seed)
-    ghost = micro_batch_size if micro_batch_size and micro_batch_size < batch_size else None
-    model = Net(**config.get("model", {}), micro_batch=ghost).to(device)
-    l1, l2 = config.get("l1", 0.0), config.get("l2", 0.0)
-    optimizer = make_optimizer(model, max_lr, l2)
     steps = len(train_x) // batch_size
     if steps == 0:
         raise ValueError(f"batch_size {batch_size} is larger than the {len(train_x)} training images")
+    ghost = micro_batch_size if micro_batch_size and micro_batch_size < batch_size else None
+    nets = []
+    for seed in seeds:
+        set_seed(seed)
+        nets.append(Net(**config.get("model", {}), micro_batch=ghost))
+    model = pack(nets).to(device)
+    generators = [seed_stream(seed, device) for seed in seeds]
+    model.draw_from(generators)
+    l1, l2 = config.get("l1", 0.0), config.get("l2", 0.0)
+    optimizer = make_optimizer(model, max_lr, l2)
     scheduler = make_scheduler(optimizer, max_lr, epochs * steps)
-    history = {"name": config["name"], "config": config, "seed": seed, "batch_size": batch_size,
-               "micro_batch_size": micro_batch_size or batch_size, "max_lr": max_lr, "params": count_parameters(model),
-               "epoch": [], "lr": [], "seconds": [], "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
+    histories = [{"name": config["name"], "config": config, "seed": seed, "seeds_together": len(seeds),
+                  "batch_size": batch_size, "micro_batch_size": micro_batch_size or batch_size, "max_lr": max_lr,
+                  "params": count_parameters(nets[0]), "epoch": [], "lr": [], "momentum": [], "seconds": [],
+                  "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []} for seed in seeds]
+    label = f"{config['name']} seed{'s' * (len(seeds) > 1)} {','.join(map(str, seeds))}"
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        with tqdm(total=steps, desc=f"{config['name']:>8} epoch {epoch:2d}/{epochs}", file=sys.stdout,
-                  disable=not progress, mininterval=1.0, ncols=110, ascii=" #") as bar:
-            lr = optimizer.param_groups[0]["lr"]
-            loader = batches(train_x, train_y, batch_size, shuffle=True, drop_last=True)
+        with tqdm(total=steps, desc=f"{label} epoch {epoch:2d}/{epochs}", file=sys.stdout, disable=not progress,
+                  mininterval=1.0, ncols=110, ascii=" #") as bar:
+            lr, momentum = optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["momentum"]
+            loader = training_batches(train_x, train_y, batch_size, generators)
             train_loss, train_acc = train_epoch(model, optimizer, scheduler, loader, l1, on_step=bar.update)
-            test_loss, test_acc = evaluate(model, test_x, test_y)
-            seconds = time.perf_counter() - start
-            bar.set_postfix_str(f"train {train_loss:.4f} {train_acc:.2f}% | test {test_loss:.4f} "
-                                f"{test_acc:.2f}%")
-        for key, value in zip(("epoch", "lr", "seconds", "train_loss", "train_acc", "test_loss", "test_acc"),
-                              (epoch, lr, seconds, train_loss, train_acc, test_loss, test_acc)):
-            history[key].append(value)
-    history["final"] = final_evaluation(model, data)
-    return model, history
+            tests = evaluate(model, test_x, test_y)
+            seconds = (time.perf_counter() - start) / len(seeds)
+            bar.set_postfix_str(f"test acc {', '.join(f'{acc:.2f}%' for _, acc in tests)}")
+        for k, history in enumerate(histories):
+            for key, value in zip(("epoch", "lr", "momentum", "seconds", "train_loss", "train_acc", "test_loss",
+                                   "test_acc"), (epoch, lr, momentum, seconds, train_loss[k], train_acc[k], *tests[k])):
+                history[key].append(value)
+    for history, final in zip(histories, final_evaluation(model, data)):
+        history["final"] = final
+    model.draw_from(None)
+    return list(zip(unpack(model), histories))
 
 
 def final_evaluation(model, data):
-    """The final model in eval mode on the clean (unaugmented) training images it trained on and on the test set, and
-    its 10 most confident test mistakes: stored with each run, so that the notebook reads them instead of recomputing.
-    """
+    """Per copy of `model`: the final model in eval mode on the clean (unaugmented) training images it trained on and
+    on the test set, and its 10 most confident test mistakes: stored with each run, so that the notebook reads them
+    instead of recomputing."""
     (train_x, train_y), (test_x, test_y) = data
-    (train_loss, train_acc), (test_loss, test_acc) = evaluate(model, train_x, train_y), evaluate(model, test_x, test_y)
-    return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "misclassified": misclassified(model, test_x, test_y)}
+    test_log_probs = predict(model, test_x)
+    return [{"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+             "misclassified": misclassified(test_log_probs[:, k], test_y)}
+            for k, ((train_loss, train_acc), (test_loss, test_acc))
+            in enumerate(zip(evaluate(model, train_x, train_y), evaluate(model, test_x, test_y)))]
