@@ -1,31 +1,138 @@
-"""Training throughput of three ways to run this study, side by side in one invocation.
+"""How fast the study trains, and why: operators per training step, seconds per seed-step each way of running the
+seeds, and the default study's training time from them.
 
-All train the same Net with the same optimizer, one-cycle schedule, batch size and augmentation strength
-(rotation up to 7 degrees, shift up to 2 pixels) and test after every epoch:
-  classic: torchvision dataset -> PIL RandomAffine -> ToTensor/Normalize -> DataLoader(workers) -> device
-  on-device: the whole dataset on the device, augmented in batch with affine_grid/grid_sample there
-  parallel: independent on-device runs (different seeds) in --parallel worker processes, one thread each, as
-            the notebook's store.train_or_load runs them; throughput is epochs per minute over all workers,
-            wall clock including the workers' start and data loading
-  sweep steps: one optimizer step of 128 digits with BatchNorm statistics per micro-batch of 1 to 128, both ways
-            (ghost batches in one pass, gradient accumulation over 128 / m passes), interleaved, in this process and
-            in --parallel workers; then the default study's training time both ways, before and after ghost batches
-Usage: python benchmark.py [--device cuda] [--quick] [--epochs 2] [--parallel 2] [--steps 20] [--rounds 3]
+  --ops     operators one training step dispatches (counted with TorchDispatchMode over a whole step: batch
+            gathering and augmentation, forward, backward, optimizer and scheduler), for BN, BN + L1, LN, GN and ghost
+            BN, one seed alone and 5 seeds together. On a GPU a step of this small net costs about one launch per
+            operator, so operators per seed-step is the GPU's cost; the CPU can count them too.
+  default   the --ops table, then seconds per seed-step of a BN step, interleaved over --rounds rounds (this shared
+            machine drifts between minutes): one seed alone and 5 together in this process (all its threads), and
+            on a CPU the same in --parallel worker processes of one thread each; then the default study's training
+            time each way (test passes not included).
+  --loops   the classic DataLoader loop (PIL augmentation, worker processes) against the on-device loop, --epochs each.
+Usage: python benchmark.py [--device cuda] [--quick] [--ops] [--loops] [--parallel 2] [--steps 20] [--rounds 3]
 """
 import argparse
+import itertools
 import os
 import statistics
-import tempfile
 import time
 
 import joblib
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 import store
 import utils
-from model import Net
+from model import Net, pack
+
+KINDS = {  # name: (Net kwargs, L1 lambda)
+    "BN": ({"norm": "bn"}, 0.0), "BN + L1": ({"norm": "bn"}, 5e-5), "LN": ({"norm": "ln"}, 0.0),
+    "GN": ({"norm": "gn"}, 0.0), "ghost BN (micro-batch 16)": ({"norm": "bn", "micro_batch": 16}, 0.0),
+}
+TOGETHER = (1, 5)
+STEPS_PER_EPOCH = 60_000 // 128
+STUDY_EPOCHS = 15 * 20 + 10 * 20 + 50 * 4 + 20 * 5 + 12 * 1  # main, regularizers, micro-batch sweep, groups, range
+
+
+class OperatorCount(TorchDispatchMode):
+    """Counts every operator dispatched while it is active (views and in-place updates included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def training_step(kind, seeds, device, data_dir, threads=None):
+    """A function that runs one training step of `seeds` seeds of `kind` together (batch 128), as train_model's loop
+    runs it; one step has run already (warm-up)."""
+    if threads:
+        torch.set_num_threads(threads)
+    model_kwargs, l1 = KINDS[kind]
+    (x, y), _ = store.cached_mnist(data_dir, torch.device(device))
+    nets = []
+    for seed in range(1, seeds + 1):
+        utils.set_seed(seed)
+        nets.append(Net(**model_kwargs))
+    model = pack(nets).to(device)
+    generators = [utils.seed_stream(seed, device) for seed in range(1, seeds + 1)]
+    model.draw_from(generators)
+    optimizer = utils.make_optimizer(model, 0.1)
+    scheduler = utils.make_scheduler(optimizer, 0.1, 10_000)
+    batches = (batch for _ in itertools.count() for batch in utils.training_batches(x, y, 128, generators))
+
+    def step():  # the batch's gathering and augmentation included; train_epoch ends in .tolist(): the step is done
+        utils.train_epoch(model, optimizer, scheduler, itertools.islice(batches, 1), l1)
+
+    step()
+    return step
+
+
+def count_operators(kind, seeds, device, data_dir):
+    """Operators dispatched by one whole training step of `seeds` seeds of `kind` together."""
+    step = training_step(kind, seeds, device, data_dir)
+    with OperatorCount() as counted:
+        step()
+    return counted.count
+
+
+def operator_table(device, data_dir):
+    rows = ["| kind | seeds together | operators per step | operators per seed-step |", "| --- | --- | --- | --- |"]
+    for kind in KINDS:
+        for seeds in TOGETHER:
+            count = count_operators(kind, seeds, device, data_dir)
+            rows.append(f"| {kind} | {seeds} | {count} | {count / seeds:.0f} |")
+    return "\n".join(rows)
+
+
+def seconds_per_step(kind, seeds, steps, device, data_dir, threads=None):
+    """Median seconds of one training step of `seeds` seeds together, over `steps` steps after the warm-up."""
+    step = training_step(kind, seeds, device, data_dir, threads)
+    seconds = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def step_times(args, device):
+    """{(way, seeds): seconds per seed-step} of a BN step, interleaved over --rounds rounds: "one process" (all its
+    threads) and, on a CPU, "N workers" (N processes of one thread, each training its own seeds; their seeds together
+    per second of wall clock)."""
+    workers = args.parallel if device.type == "cpu" and args.parallel > 1 else 0
+    pool = joblib.Parallel(n_jobs=workers) if workers else None
+    found = {}
+    for _ in range(args.rounds):
+        for seeds in TOGETHER:
+            found.setdefault(("one process", seeds), []).append(
+                seconds_per_step("BN", seeds, args.steps, device, args.data) / seeds)
+            if pool:
+                each = pool(joblib.delayed(seconds_per_step)("BN", seeds, args.steps, device.type, args.data, 1)
+                            for _ in range(workers))
+                found.setdefault((f"{workers} workers x 1 thread", seeds), []).append(max(each) / (workers * seeds))
+    return {key: statistics.median(values) for key, values in found.items()}
+
+
+def report_speed(args, device):
+    times = step_times(args, device)
+    print(f"\nSeconds per seed-step of a BN step (batch 128), median of {args.steps} steps x {args.rounds} interleaved "
+          f"rounds, {utils.device_name(device)} in one process; workers: one thread each, all at once:\n")
+    print("| way | seeds together | ms per seed-step | the default study's training |")
+    print("| --- | --- | --- | --- |")
+    fastest = min(times, key=times.get)
+    for (way, seeds), seconds in times.items():
+        hours = STUDY_EPOCHS * STEPS_PER_EPOCH * seconds / 3600
+        mark = " (fastest)" if (way, seeds) == fastest else ""
+        print(f"| {way} | {seeds} | {1000 * seconds:.1f}{mark} | {hours:.2f} h |")
+    print(f"\nThe study: {STUDY_EPOCHS} seed-epochs of {STEPS_PER_EPOCH} steps, every step priced as a BN step (LN and GN"
+          " steps cost a little less, ghost BN steps a little more); test passes not included.")
 
 
 def classic_loaders(root, batch_size, workers, device):
@@ -39,174 +146,66 @@ def classic_loaders(root, batch_size, workers, device):
             DataLoader(test, 1000, shuffle=False, **options))
 
 
-def run(path, data, args, device):
-    """Train one model along `path` ("classic" or "on-device"); returns (seconds per epoch list, test acc)."""
-    utils.set_seed(args.seed)
-    model = Net(args.norm).to(device)
-    optimizer = utils.make_optimizer(model, args.max_lr)
-    (train_x, train_y), (test_x, test_y) = data
-    if path == "classic":
-        train_loader, test_loader = classic_loaders(args.data, args.batch_size, args.workers, device)
-        steps = len(train_loader)
-    else:
-        steps = len(train_x) // args.batch_size
-    scheduler = utils.make_scheduler(optimizer, args.max_lr, args.epochs * steps)
-    seconds, accuracy = [], 0.0
-    for _ in range(args.epochs):
-        start = time.perf_counter()
-        if path == "classic":
-            to_device = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in train_loader)
-            utils.train_epoch(model, optimizer, scheduler, to_device, args.l1, augment_batch=None)
-            model.eval()
-            with torch.no_grad():
-                hits = sum((model(x.to(device)).argmax(1) == y.to(device)).sum().item() for x, y in test_loader)
-            accuracy = 100.0 * hits / len(test_loader.dataset)
-        else:
-            loader = utils.batches(train_x, train_y, args.batch_size, shuffle=True, drop_last=True)
-            utils.train_epoch(model, optimizer, scheduler, loader, args.l1)
-            accuracy = utils.evaluate(model, test_x, test_y)[1]  # .item() inside: waits for the device
-        seconds.append(time.perf_counter() - start)
-    return seconds, accuracy
-
-
-def parallel_runs(args, device):
-    """Train --parallel runs of --epochs epochs at once in as many workers; returns (wall seconds, test accuracies)."""
-    config = {"name": args.norm.upper(), "model": {"norm": args.norm}, "l1": args.l1}
-    specs = [store.run_spec(config, args.seed + i, args.epochs, args.batch_size, args.max_lr, device)
-             for i in range(args.parallel)]
-    with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        runs = store.train_or_load(specs, folder, args.data, workers=args.parallel)
-        return time.perf_counter() - start, [h["test_acc"][-1] for _, h in runs]
-
-
-SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
-STEPS_PER_EPOCH = 60_000 // 128
-# Epochs per micro-batch size of the default study: main study and regularizer runs 25 x 20, the group count 20 x 5,
-# the range tests 12 x 1, and the micro-batch sweep: before ghost batches 3 normalizations x 3 seeds x 2 epochs at
-# 2, 4, 8, 16, 32 and 128 (gradient accumulation); now BN x 5 seeds x 4 epochs at 1 to 128 and LN, GN x 5 x 4 at 128.
-OLD_STUDY = {128: 25 * 20 + 20 * 5 + 12 + 9 * 2, 32: 18, 16: 18, 8: 18, 4: 18, 2: 18}
-NEW_STUDY = {m: 5 * 4 for m in SIZES[:-1]} | {128: 25 * 20 + 20 * 5 + 12 + 3 * 5 * 4}
-
-
-def step_seconds(micro_batch, way, steps, device, data_dir, threads=None, batch_size=128):
-    """Median seconds of one optimizer step of the BN net on a batch of `batch_size` digits, BatchNorm statistics
-    over `micro_batch` samples: way "ghost" in one pass (Net's micro_batch), "accumulation" in batch / micro_batch
-    forward and backward passes (train_epoch's micro_batch_size). The first step is a warm-up and not counted."""
-    if threads:
-        torch.set_num_threads(threads)
-    (x, y), _ = store.cached_mnist(data_dir, torch.device(device))
-    utils.set_seed(1)
-    ghost = micro_batch if way == "ghost" and micro_batch < batch_size else None
-    model = Net("bn", micro_batch=ghost).to(device)
-    optimizer = utils.make_optimizer(model, 0.1)
-    scheduler = utils.make_scheduler(optimizer, 0.1, steps + 1)
-    batch = [(x[:batch_size], y[:batch_size])]
-    seconds = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()  # train_epoch ends in .item(): the step has finished on the device
-        utils.train_epoch(model, optimizer, scheduler, batch, micro_batch_size=micro_batch if way == "accumulation"
-                          else None)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds[1:])
-
-
-def sweep_steps(args, device):
-    """Each micro-batch size both ways, interleaved over --rounds rounds (this shared machine drifts between minutes):
-    in this process with all its threads and, on a CPU, in --parallel workers at once with one thread each (the
-    seconds per step of all workers together). Returns {(way, size): (one process s, parallel s or None)}."""
-    one, parallel = {}, {}
-    pool = joblib.Parallel(n_jobs=args.parallel) if device.type == "cpu" and args.parallel > 1 else None
-    if pool:
-        pool(joblib.delayed(step_seconds)(128, "ghost", 1, device.type, args.data, 1) for _ in range(args.parallel))
-    for _ in range(args.rounds):
-        for size in SIZES:
-            for way in ("ghost", "accumulation"):
-                one.setdefault((way, size), []).append(step_seconds(size, way, args.steps, device, args.data))
-                if pool:
-                    each = pool(joblib.delayed(step_seconds)(size, way, args.steps, device.type, args.data, 1)
-                                for _ in range(args.parallel))
-                    parallel.setdefault((way, size), []).append(max(each) / args.parallel)
-    return {key: (statistics.median(one[key]), statistics.median(parallel[key]) if parallel else None) for key in one}
-
-
-def study_hours(study, way, times, which):
-    """Training hours of `study` ({micro-batch: epochs}) from the per-step times, `which` 0: one process, 1: parallel."""
-    return sum(epochs * STEPS_PER_EPOCH * times[way, size][which] for size, epochs in study.items()) / 3600
-
-
-def report_sweep(args, device):
-    times = sweep_steps(args, device)
-    plain = times["ghost", 128][0]  # at 128 the ghost layer is plain BatchNorm2d: the batch-128 step
-    print(f"\nOne optimizer step of 128 digits, BatchNorm statistics per micro-batch, median of {args.steps} steps x "
-          f"{args.rounds} interleaved rounds, this process ({utils.device_name(device)})"
-          + (f" and {args.parallel} workers x 1 thread (per step, all workers together)" if times[
-              "ghost", 128][1] else "") + ":\n")
-    print("| micro-batch | ghost: ms per step | vs batch-128 step | accumulation: ms per step | vs batch-128 step "
-          "| ghost, parallel: ms | accumulation, parallel: ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for size in SIZES:
-        (ghost, ghost_par), (acc, acc_par) = times["ghost", size], times["accumulation", size]
-        par = (f"{1000 * ghost_par:.0f} | {1000 * acc_par:.0f}" if ghost_par else "- | -")
-        print(f"| {size} | {1000 * ghost:.0f} | {ghost / plain:.2f}x | {1000 * acc:.0f} | {acc / plain:.2f}x | {par} |")
-    print(f"\nThe default study's training time from these steps ({STEPS_PER_EPOCH} steps an epoch, test passes not "
-          "included):\n")
-    print("| workload | sweep steps | epochs | one process | parallel |")
-    print("| --- | --- | --- | --- | --- |")
-    before, now = "before (6 sizes x 3 norms x 3 seeds x 2 epochs)", "now (BN at 8 sizes, LN and GN at 128, x 5 x 4)"
-    for label, study, way in ((before, OLD_STUDY, "accumulation"), (now, NEW_STUDY, "accumulation"),
-                              (now, NEW_STUDY, "ghost")):
-        par = f"{study_hours(study, way, times, 1):.2f} h" if times["ghost", 128][1] else "-"
-        print(f"| {label} | {way} | {sum(study.values())} | {study_hours(study, way, times, 0):.2f} h | {par} |")
-
-
 def compare_loops(args, device):
-    """The classic DataLoader loop, the on-device loop and parallel on-device runs, --epochs each: a Markdown table."""
-    data = utils.load_mnist(args.data, device)
-    print(f"Net({args.norm!r}), batch {args.batch_size}, {args.epochs} epochs each, test pass after every epoch\n")
-    results = {path: run(path, data, args, device) for path in ("classic", "on-device")}
-    rows = {path: (", ".join(f"{s:.2f}" for s in seconds), 60 * len(seconds) / sum(seconds), [accuracy])
-            for path, (seconds, accuracy) in results.items()}
-    if args.parallel > 1:
-        wall, parallel_accuracies = parallel_runs(args, device)
-        rows[f"parallel ({args.parallel} runs at once)"] = (f"{wall:.1f} s wall for {args.parallel} x {args.epochs}",
-                                                             60 * args.parallel * args.epochs / wall,
-                                                             parallel_accuracies)
-    classic, on_device = rows["classic"][1], rows["on-device"][1]
-    print("| training loop | seconds per epoch (each epoch) | epochs per minute | vs classic | vs on-device "
-          "| test accuracy after last epoch |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for path, (each, rate, accuracies) in rows.items():
-        print(f"| {path} | {each} | {rate:.2f} | {rate / classic:.2f}x | {rate / on_device:.2f}x "
-              f"| {', '.join(f'{a:.2f}%' for a in accuracies)} |")
+    """The classic DataLoader loop and the on-device loop, one BN net, --epochs each: a Markdown table."""
+    (train_x, train_y), (test_x, test_y) = utils.load_mnist(args.data, device)
+    train_loader, test_loader = classic_loaders(args.data, 128, args.workers, device)
+    rows = []
+    for path in ("classic", "on-device"):
+        utils.set_seed(1)
+        model = Net("bn").to(device)
+        stream = utils.seed_stream(1, device)
+        model.draw_from([stream])
+        optimizer = utils.make_optimizer(model, 0.1)
+        scheduler = utils.make_scheduler(optimizer, 0.1, args.epochs * STEPS_PER_EPOCH)
+        seconds = []
+        for _ in range(args.epochs):
+            start = time.perf_counter()
+            if path == "classic":
+                loader = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)[:, None])
+                          for x, y in train_loader)
+                utils.train_epoch(model, optimizer, scheduler, loader)
+                model.eval()
+                with torch.no_grad():
+                    hits = sum((model(x.to(device)).argmax(1) == y.to(device)).sum().item() for x, y in test_loader)
+                accuracy = 100.0 * hits / len(test_loader.dataset)
+            else:
+                utils.train_epoch(model, optimizer, scheduler, utils.training_batches(train_x, train_y, 128, [stream]))
+                [(_, accuracy)] = utils.evaluate(model, test_x, test_y)
+            seconds.append(time.perf_counter() - start)
+        rows.append((path, seconds, accuracy))
+    print(f"\nNet('bn'), batch 128, {args.epochs} epoch(s) each, test pass after every epoch\n")
+    print("| training loop | seconds per epoch (each epoch) | epochs per minute | test accuracy after last epoch |")
+    print("| --- | --- | --- | --- |")
+    for path, seconds, accuracy in rows:
+        print(f"| {path} | {', '.join(f'{s:.2f}' for s in seconds)} | {60 * len(seconds) / sum(seconds):.2f} "
+              f"| {accuracy:.2f}% |")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--norm", default="bn", choices=["bn", "ln", "gn"])
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--max-lr", type=float, default=0.1)
-    parser.add_argument("--l1", type=float, default=0.0)
+    parser.add_argument("--ops", action="store_true", help="only the operator counts")
+    parser.add_argument("--loops", action="store_true", help="also the classic DataLoader loop against the on-device one")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per loop (--loops)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (classic loop)")
-    parser.add_argument("--parallel", type=int, default=os.cpu_count(), help="parallel runs (parallel mode)")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--parallel", type=int, default=os.cpu_count(), help="worker processes (on a CPU)")
     parser.add_argument("--data", default="data", help="MNIST root folder (MNIST/raw inside)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU if there is one)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per micro-batch size and way")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the micro-batch timing")
-    parser.add_argument("--quick", action="store_true", help="1 epoch, 5 steps, 1 round: minutes, not a measurement")
-    parser.add_argument("--sweep-only", action="store_true", help="only the micro-batch steps and the study estimate")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per way and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the step timing")
+    parser.add_argument("--quick", action="store_true", help="5 steps, 1 round: a minute, not a measurement")
     args = parser.parse_args()
     if args.quick:
-        args.epochs, args.steps, args.rounds = 1, 5, 1
-
+        args.steps, args.rounds = 5, 1
     device = torch.device(args.device) if args.device else utils.get_device()
+    utils.set_seed(0)  # fp32 and the cuDNN settings of the study
     print(f"{time.strftime('%Y-%m-%d %H:%M')}: {utils.device_name(device)}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}")
-    if not args.sweep_only:
+          f"torch {torch.__version__}\n")
+    print(operator_table(device, args.data))
+    if not args.ops:
+        report_speed(args, device)
+    if args.loops:
         compare_loops(args, device)
-    report_sweep(args, device)
 
 
 if __name__ == "__main__":

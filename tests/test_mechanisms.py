@@ -57,20 +57,22 @@ def test_the_comparison_table_reports_welch_and_paired_side_by_side():
 
 def test_same_seed_gives_every_normalization_the_same_start_and_the_same_random_stream(tiny):
     """Norm layers draw no random numbers: the same conv weights at init, and after a training epoch the random
-    generator has made the same draws (batch order, augmentations, dropout masks) for BN, LN, GN and none."""
+    seed's stream has made the same draws (batch order, augmentations, dropout masks) for BN, LN, GN and none."""
     starts, states = [], []
     for norm in ("bn", "ln", "gn", "none"):
         utils.set_seed(3)
-        model = probes.build_model(norm)
+        model = Net(norm)
         starts.append([w.detach().clone() for w in utils.conv_weights(model)])
+        stream = utils.seed_stream(3, "cpu")
+        model.draw_from([stream])
         optimizer = utils.make_optimizer(model, 0.01)
         scheduler = utils.make_scheduler(optimizer, 0.01, 4)
-        utils.train_epoch(model, optimizer, scheduler, utils.batches(*tiny[0], 128, shuffle=True, drop_last=True))
-        states.append(torch.get_rng_state())
+        utils.train_epoch(model, optimizer, scheduler, utils.training_batches(*tiny[0], 128, [stream]))
+        states.append(stream.get_state())
     for weights, state in zip(starts[1:], states[1:]):
         assert all(torch.equal(w, w0) for w, w0 in zip(weights, starts[0]))
         assert torch.equal(state, states[0])
-    assert not torch.equal(states[0], torch.manual_seed(3).get_state())  # the epoch did draw random numbers
+    assert not torch.equal(states[0], utils.seed_stream(3, "cpu").get_state())  # the epoch did draw from it
 
 
 # ---------------------------------------------------------------- the unnormalized reference
@@ -79,7 +81,7 @@ def test_the_unnormalized_reference_is_the_same_net_without_its_normalization_la
     utils.set_seed(5)
     bn = Net("bn")
     utils.set_seed(5)
-    none = probes.build_model("none")
+    none = Net("none")
     assert not any(isinstance(m, probes.NORM_LAYERS) for m in none.modules())
     assert sum(isinstance(m, nn.Identity) for m in none.modules()) == 6  # one per normalized conv
     assert all(torch.equal(a, b) for a, b in zip(utils.conv_weights(none), utils.conv_weights(bn)))
@@ -97,7 +99,7 @@ def test_the_unnormalized_reference_is_the_same_net_without_its_normalization_la
 def test_the_range_test_raises_the_learning_rate_exactly_exponentially(tiny):
     spec = probes.lr_range_spec({"name": "GN", "model": {"norm": "gn"}}, seed=1, batch_size=64, lr_min=1e-3,
                                lr_max=10.0, train_size=512)
-    curve = probes.lr_range_test(spec, tiny)
+    [curve] = probes.lr_range_test([spec], tiny)
     lrs = torch.tensor(curve["lr"], dtype=torch.float64)
     assert len(lrs) == len(curve["loss"]) == 8  # 512 / 64 steps: the whole epoch
     assert lrs[0].item() == pytest.approx(1e-3) and lrs[-1].item() == pytest.approx(10.0)
@@ -214,7 +216,7 @@ def test_per_image_statistics_are_what_batchnorm_at_micro_batch_1_computes_in_tr
     model = Net("bn", dropout=0.0, micro_batch=1)
     optimizer = utils.make_optimizer(model, 0.05)
     utils.train_epoch(model, optimizer, utils.make_scheduler(optimizer, 0.05, 4),
-                      utils.batches(train_x, train_y, 128), augment_batch=None)
+                      utils.training_batches(train_x, train_y, 128, [torch.Generator()], augmented=False))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     own = probes.with_per_image_statistics(model)
     with torch.no_grad():

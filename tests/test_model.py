@@ -76,7 +76,8 @@ def test_groupnorm_is_independent_of_other_samples_and_batchnorm_is_not():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"norm": "batch"}, "unknown norm 'batch'; allowed: 'bn', 'ln', 'gn'"),
+    ({"norm": "batch"}, "unknown norm 'batch'; allowed: 'bn', 'ln', 'gn', 'none'"),
+    ({"copies": 0}, "copies must be a positive int, got 0"),
     ({"norm": "gn", "groups": 3}, "groups=3 does not divide a layer's 8 channels"),
     ({"norm": "gn", "groups": 0}, "groups must be a positive int"),
     ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
@@ -96,14 +97,14 @@ def test_ghost_batchnorm_in_one_pass_equals_gradient_accumulation_over_micro_bat
     128 / m forward and backward passes of plain BatchNorm give (dropout off: the two draw their masks differently).
     In float64, so that the tolerance is tight: float32 rounding, amplified through eight layers, differs by ~1e-5."""
     (train_x, train_y), _ = tiny
-    batch = [(train_x[:128].double(), train_y[:128])]
+    batch = [(train_x[:128].double(), train_y[:128, None])]  # one seed: (batch, 1) labels
     results = []
     for ghost, accumulate in ((micro_batch, None), (None, micro_batch)):
         torch.manual_seed(0)
         model = Net("bn", dropout=0.0, micro_batch=ghost).double()
         optimizer = utils.make_optimizer(model, 0.05)
         scheduler = utils.make_scheduler(optimizer, 0.05, 10)
-        loss, _ = utils.train_epoch(model, optimizer, scheduler, batch, augment_batch=None, micro_batch_size=accumulate)
+        [loss], _ = utils.train_epoch(model, optimizer, scheduler, batch, micro_batch_size=accumulate)
         results.append((loss, {n: p.grad for n, p in model.named_parameters()}, model.state_dict()))
     (ghost_loss, ghost_grads, ghost_state), (loss, grads, state) = results
     assert ghost_loss == pytest.approx(loss, rel=1e-12)

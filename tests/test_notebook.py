@@ -1,10 +1,14 @@
 """The committed notebook renders on GitHub/nbviewer and holds a complete, error-free run."""
+import contextlib
+import http.server
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -45,45 +49,104 @@ def test_readme_images_exist():
         assert f"images/{name}.png" in readme and (ROOT / "images" / f"{name}.png").stat().st_size > 10_000
 
 
-SETUP = "".join(NOTEBOOK["cells"][1]["source"])
+SETUP = next("".join(c["source"]) for c in NOTEBOOK["cells"] if "REPOSITORY = " in "".join(c["source"]))
+OPENED_FROM_GITHUB = "fileId=https%3A%2F%2Fgithub.com%2Fsomeone%2Fbn-ln-gn%2Fblob%2Fdev%2Fexperiments.ipynb"
+OPENED_FROM_DRIVE = "fileId=1AbCdEfGhIjKlMnOpQrStUvWxYz"
 
 
-def test_the_setup_cell_opened_without_the_repository_says_in_one_line_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # only the notebook: no model.py beside it
-    namespace = {}
-    with pytest.raises(Exception, match="model.py is not beside this notebook: set REPOSITORY in this cell") as error:
-        exec(SETUP, namespace)
-    assert error.value._render_traceback_() == [f"SetupError: {error.value}"]  # one line in Jupyter
+@contextlib.contextmanager
+def jupyter_sessions(path):
+    """A real HTTP server on 127.0.0.1 answering /api/sessions as Colab's Jupyter server does for a notebook opened
+    from `path`; its address in the environment variables Colab sets."""
+    answer = json.dumps([{"id": "1", "name": "experiments.ipynb", "path": path, "type": "notebook",
+                          "kernel": {"id": "2", "name": "python3"}, "notebook": {"name": "experiments.ipynb",
+                                                                                  "path": path}}]).encode()
+
+    class Sessions(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/api/sessions" else 404)
+            self.end_headers()
+            self.wfile.write(answer if self.path == "/api/sessions" else b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Sessions)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield {"COLAB_JUPYTER_IP": "127.0.0.1", "KMP_TARGET_PORT": str(server.server_port)}
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
-def test_the_setup_cell_in_colab_clones_installs_and_keeps_the_run_store_on_drive(tmp_path, monkeypatch):
-    """google.colab simulated: its drive.mount stubbed, git clone and pip recorded (the clone copies this checkout)."""
-    calls, mounts = [], []
-    colab = types.ModuleType("google.colab")
-    colab.drive = types.SimpleNamespace(mount=mounts.append)
+@pytest.fixture
+def colab(tmp_path, monkeypatch):
+    """google.colab simulated (drive.mount recorded), git and pip recorded, not run: a clone makes a folder holding
+    model.py and a committed run store. Runs in an empty folder, as Colab opens a notebook alone."""
+    recorded = types.SimpleNamespace(calls=[], mounts=[], drive=tmp_path / "drive")
+    module = types.ModuleType("google.colab")
+    module.drive = types.SimpleNamespace(mount=recorded.mounts.append)
     monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setitem(sys.modules, "google.colab", module)
     monkeypatch.delenv("RUNS_DIR", raising=False)
+    monkeypatch.setenv("KMP_TARGET_PORT", "9")  # nothing listens there: no sessions API unless a test serves one
 
     def run(command, check):
-        calls.append(command)
+        recorded.calls.append(command)
         if command[:2] == ["git", "clone"]:
-            (tmp_path / command[-1]).mkdir()
+            (tmp_path / command[-1] / "runs").mkdir(parents=True)
             shutil.copy(ROOT / "model.py", tmp_path / command[-1])
-            (tmp_path / command[-1] / "runs").mkdir()
-            (tmp_path / command[-1] / "runs" / "entry.json").write_text("{}")  # the committed run store
+            (tmp_path / command[-1] / "runs" / "entry.json").write_text("{}")
 
     monkeypatch.setattr(subprocess, "run", run)
     monkeypatch.chdir(tmp_path)
-    drive = tmp_path / "drive"
-    setup = SETUP.replace('REPOSITORY = ""', 'REPOSITORY = "someone/bn-ln-gn"').replace('"/content/drive', f'"{drive}')
-    exec(setup, {})
-    assert calls[0] == ["git", "clone", "--depth", "1", "https://github.com/someone/bn-ln-gn.git", "bn-ln-gn"]
-    assert calls[1][1:] == ["-m", "pip", "install", "-q", "torchsummary"]  # only what Colab lacks
-    assert Path.cwd() == tmp_path / "bn-ln-gn" and mounts == [str(drive)]
-    assert os.environ["RUNS_DIR"] == f"{drive}/MyDrive/bn-ln-gn-runs"
+    recorded.setup = SETUP.replace('"/content/drive', f'"{recorded.drive}')
+    yield recorded
+    os.environ.pop("RUNS_DIR", None)
+
+
+def test_opened_from_github_in_colab_it_clones_that_branch_installs_nothing_present_and_uses_drive(colab, tmp_path,
+                                                                                                  monkeypatch):
+    with jupyter_sessions(OPENED_FROM_GITHUB) as address:
+        for name, value in address.items():
+            monkeypatch.setenv(name, value)
+        exec(colab.setup, {})
+    assert colab.calls == [["git", "clone", "--depth", "1", "--branch", "dev",
+                            "https://github.com/someone/bn-ln-gn.git", "bn-ln-gn"]]  # no pip: all installed
+    assert Path.cwd() == tmp_path / "bn-ln-gn" and colab.mounts == [str(colab.drive)]
+    assert os.environ["RUNS_DIR"] == f"{colab.drive}/MyDrive/bn-ln-gn-runs"
     assert [p.name for p in Path(os.environ["RUNS_DIR"]).iterdir()] == ["entry.json"]  # seeded from the committed store
-    monkeypatch.delenv("RUNS_DIR")
+
+
+@pytest.mark.parametrize("served", [OPENED_FROM_DRIVE, None], ids=["opened from Drive", "no sessions API"])
+def test_where_colab_names_no_github_notebook_repository_is_used_or_one_line_says_what_to_set(colab, monkeypatch,
+                                                                                              served):
+    with contextlib.ExitStack() as stack:
+        for name, value in (stack.enter_context(jupyter_sessions(served)) if served else {}).items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(Exception, match="model.py is not beside this notebook and ") as error:
+            exec(colab.setup, {})
+        found = "it was opened from 1AbCdEfGhIjKlMnOpQrStUvWxYz" if served else "no GitHub address was found for it"
+        assert error.value._render_traceback_() == [f"SetupError: {error.value}"]  # one line in Jupyter
+        assert found in str(error.value) and "set REPOSITORY in this cell" in str(error.value) and not colab.calls
+        exec(colab.setup.replace('REPOSITORY = ""', 'REPOSITORY = "someone/bn-ln-gn"'), {})
+    assert colab.calls[0] == ["git", "clone", "--depth", "1", "https://github.com/someone/bn-ln-gn.git", "bn-ln-gn"]
+
+
+def test_in_colab_only_what_is_missing_is_installed(colab, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "torchsummary" else find_spec(name))
+    exec(colab.setup.replace('REPOSITORY = ""', 'REPOSITORY = "someone/bn-ln-gn"'), {})
+    assert colab.calls[1][1:] == ["-m", "pip", "install", "-q", "torchsummary"]
+
+
+def test_the_setup_cell_outside_colab_without_the_repository_says_in_one_line_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # only the notebook: no model.py beside it
+    with pytest.raises(Exception, match="model.py is not beside this notebook and no GitHub address was found for it: "
+                                        "set REPOSITORY in this cell") as error:
+        exec(SETUP, {})
+    assert error.value._render_traceback_() == [f"SetupError: {error.value}"]
 
 
 def test_readme_tables_equal_what_the_committed_histories_give():
@@ -174,3 +237,30 @@ def test_a_killed_execution_executed_again_loads_the_finished_runs_and_trains_on
                   for o in c.get("outputs", []))
     assert out.count("loaded from the store") == finished and out.count("trained now") == 8 - finished
     assert len(list(runs.glob("*.json"))) == 8
+
+
+@pytest.mark.parametrize("remote", ["https://github.com/someone/bn-ln-gn.git", "git@github.com:someone/bn-ln-gn.git",
+                                    "https://github.com/someone/bn-ln-gn"])
+def test_publish_points_repository_and_the_badge_at_the_github_remote(tmp_path, remote):
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("publish.py", "experiments.ipynb", "README.md"):
+        shutil.copy(ROOT / name, clone)
+    subprocess.run(["git", "init", "-q"], cwd=clone, check=True)
+    subprocess.run(["git", "remote", "add", "origin", remote], cwd=clone, check=True)
+    done = subprocess.run([sys.executable, "publish.py"], cwd=clone, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    notebook = json.loads((clone / "experiments.ipynb").read_text())
+    setup = next("".join(c["source"]) for c in notebook["cells"] if "REPOSITORY = " in "".join(c["source"]))
+    assert re.search(r'^REPOSITORY = "someone/bn-ln-gn"', setup, re.M)
+    assert setup.replace('"someone/bn-ln-gn"', '""', 1) == SETUP  # nothing else changed
+    readme = (clone / "README.md").read_text()
+    assert set(re.findall(r"colab\.research\.google\.com/github/([^)]+)\)", readme)) == {
+        "someone/bn-ln-gn/blob/main/experiments.ipynb"}
+
+
+def test_publish_refuses_a_remote_that_is_not_on_github(tmp_path):
+    import publish
+    with pytest.raises(ValueError, match="remote 'https://gitlab.com/a/b.git' is not a GitHub repository"):
+        publish.github_repository("https://gitlab.com/a/b.git")
+    assert publish.github_repository("ssh://git@github.com/a/b.c.git\n") == "a/b.c"

@@ -108,8 +108,8 @@ def test_misclassified_are_deterministic_and_truly_mispredicted(tiny):
     _, (test_x, test_y) = tiny
     torch.manual_seed(0)
     model = Net("bn")
-    first = utils.misclassified(model, test_x, test_y)
-    second = utils.misclassified(model, test_x, test_y)
+    first = utils.misclassified(utils.predict(model, test_x)[:, 0], test_y)
+    second = utils.misclassified(utils.predict(model, test_x)[:, 0], test_y)
     assert first == second and len(first["index"]) == 10
     assert all(utils.predict(model, test_x[i:i + 1]).argmax().item() != test_y[i] for i in first["index"])
 
@@ -122,7 +122,7 @@ def test_test_loss_is_summed_per_sample_loss_over_n(tiny):
     with torch.no_grad():
         by_hand = sum(-model(x[i:i + 1])[0, y[i]].item() for i in range(len(y))) / len(y)
         correct = sum(model(x[i:i + 1]).argmax().item() == y[i] for i in range(len(y)))
-    loss, accuracy = utils.evaluate(model, x, y)
+    [(loss, accuracy)] = utils.evaluate(model, x, y)
     assert loss == pytest.approx(by_hand, rel=1e-5)
     assert accuracy == pytest.approx(100 * correct / len(y))
 
@@ -133,16 +133,14 @@ def test_train_loss_is_the_sample_weighted_mean_over_the_epoch(tiny):
     model = Net("ln", dropout=0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay put: the loss can be recomputed
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    torch.manual_seed(3)
-    loader = utils.batches(x, y, 32, shuffle=True, drop_last=True)
-    loss, accuracy = utils.train_epoch(model, optimizer, scheduler, loader)
-    torch.manual_seed(3)
+    loader = utils.training_batches(x, y, 32, [utils.seed_stream(3, "cpu")])
+    [loss], [accuracy] = utils.train_epoch(model, optimizer, scheduler, loader)
     losses, hits = [], 0
     with torch.no_grad():
-        for xb, yb in utils.batches(x, y, 32, shuffle=True, drop_last=True):
-            out = model(utils.augment(xb))
-            losses.append(F.nll_loss(out, yb, reduction="none"))
-            hits += (out.argmax(1) == yb).sum().item()
+        for xb, yb in utils.training_batches(x, y, 32, [utils.seed_stream(3, "cpu")]):  # the same batches again
+            out = model(xb)
+            losses.append(F.nll_loss(out, yb[:, 0], reduction="none"))
+            hits += (out.argmax(1) == yb[:, 0]).sum().item()
     assert loss == pytest.approx(torch.cat(losses).mean().item(), rel=1e-5)
     assert accuracy == pytest.approx(100 * hits / 96)
 
@@ -159,9 +157,9 @@ def test_train_accuracy_is_labelled_as_running():
 
 def test_history_holds_plain_numbers_not_tensors(tiny, tmp_path):
     """Pitfall: loss tensors appended to a list, keeping every autograd graph alive."""
-    _, history = utils.train_model({"name": "BN + L1", "model": {"norm": "bn"}, "l1": 1e-4}, tiny, epochs=1,
-                                   batch_size=128, progress=False)
-    for key in ("lr", "seconds", "train_loss", "train_acc", "test_loss", "test_acc"):
+    [(_, history)] = utils.train_model({"name": "BN + L1", "model": {"norm": "bn"}, "l1": 1e-4}, tiny, epochs=1,
+                                       batch_size=128, progress=False)
+    for key in ("lr", "momentum", "seconds", "train_loss", "train_acc", "test_loss", "test_acc"):
         assert all(type(v) is float for v in history[key]), key
     store.save_histories([history], tmp_path / "h.json")
     assert store.load_histories(tmp_path / "h.json") == [history]
@@ -181,7 +179,8 @@ def test_no_step_keeps_its_autograd_graph_alive(tiny, micro_batch_size):
     optimizer = utils.make_optimizer(model, 0.05)
     scheduler = utils.make_scheduler(optimizer, 0.05, 4)
     counts = []
-    utils.train_epoch(model, optimizer, scheduler, utils.batches(train_x, train_y, 128), l1=1e-4,
+    utils.train_epoch(model, optimizer, scheduler, utils.training_batches(train_x, train_y, 128, [torch.Generator()]),
+                      l1=1e-4,
                       micro_batch_size=micro_batch_size, on_step=lambda: counts.append(live_graph_tensors()))
     assert len(counts) == 4 and counts[0] > 0  # the step in progress holds its graph
     assert counts[-1] == counts[0]  # but no step's graph outlives the next step
@@ -190,10 +189,10 @@ def test_no_step_keeps_its_autograd_graph_alive(tiny, micro_batch_size):
 def test_seeded_runs_repeat_exactly_with_one_consistent_cudnn_setting(tiny):
     """Pitfall: cudnn.deterministic=True together with benchmark=True."""
     config = {"name": "BN + L1", "model": {"norm": "bn"}, "l1": 1e-4}
-    first = utils.train_model(config, tiny, epochs=1, batch_size=64, seed=7, progress=False)[1]
+    [(_, first)] = utils.train_model(config, tiny, epochs=1, batch_size=64, seeds=[7], progress=False)
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
-    second = utils.train_model(config, tiny, epochs=1, batch_size=64, seed=7, progress=False)[1]
-    other_seed = utils.train_model(config, tiny, epochs=1, batch_size=64, seed=8, progress=False)[1]
+    [(_, second)] = utils.train_model(config, tiny, epochs=1, batch_size=64, seeds=[7], progress=False)
+    [(_, other_seed)] = utils.train_model(config, tiny, epochs=1, batch_size=64, seeds=[8], progress=False)
     keys = ("train_loss", "train_acc", "test_loss", "test_acc")
     assert [first[k] for k in keys] == [second[k] for k in keys]
     assert first["train_loss"] != other_seed["train_loss"]
@@ -203,16 +202,16 @@ def test_seeded_runs_repeat_exactly_with_one_consistent_cudnn_setting(tiny):
 def test_every_augmentation_acts_on_grayscale_digits(mnist, kwargs):
     """Pitfall: hue/saturation jitter on 1-channel images, a no-op; each of ours changes the pixels."""
     (x, _), _ = mnist
-    torch.manual_seed(0)
-    changed = (utils.augment(x[:32], **kwargs) - x[:32]).abs().amax((1, 2, 3))
+    uniforms = torch.rand(32, 3)
+    changed = (utils.augment(x[:32], uniforms, **kwargs) - x[:32]).abs().amax((1, 2, 3))
     assert (changed > 0.3).float().mean() > 0.9
-    assert torch.allclose(utils.augment(x[:32], max_degrees=0.0, max_shift=0.0), x[:32], atol=1e-5)
+    assert torch.allclose(utils.augment(x[:32], uniforms, max_degrees=0.0, max_shift=0.0), x[:32], atol=1e-5)
 
 
 def test_misclassified_grid_shows_denormalized_pixels_with_predicted_and_actual(tiny):
     """Pitfall: normalized pixels shown (clipping warnings), tiles without the actual label."""
     _, (test_x, test_y) = tiny
-    mistakes = utils.misclassified(Net("gn"), test_x, test_y)
+    mistakes = utils.misclassified(utils.predict(Net("gn"), test_x)[:, 0], test_y)
     fig = plots.plot_misclassified(test_x, mistakes, "GN")
     for ax, p, a in zip(fig.axes, mistakes["predicted"], mistakes["actual"]):
         assert f"predicted {p}" in ax.get_title() and f"actual {a}" in ax.get_title()

@@ -190,8 +190,9 @@ def test_every_field_of_a_spec_but_the_display_name_changes_its_key(spec):
 def test_the_spec_holds_every_setting_train_model_takes():
     """A setting that train_model takes but the spec lacks would let the store hand back a stale run after it
     changed (as L2_LAMBDA or BATCH_SIZE would, left out of the spec)."""
-    taken = set(inspect.signature(utils.train_model).parameters) - {"config", "data", "progress"}
+    taken = set(inspect.signature(utils.train_model).parameters) - {"config", "data", "progress", "seeds"}
     spec = tiny_spec()
+    assert "seed" in spec  # a stored run is one of the seeds train_model trains together
     assert taken <= set(spec), f"missing from run_spec: {taken - set(spec)}"
     assert {"name", "model", "l1", "l2"} <= set(spec)  # the config's fields
     assert "train_size" in spec  # train_and_store slices the data by it
@@ -267,6 +268,18 @@ def test_store_files_get_the_permissions_of_any_new_file_not_owner_only(tmp_path
     store.write_atomically(tmp_path / "entry.json", b"{}")
     (tmp_path / "plain.json").write_bytes(b"{}")
     assert (tmp_path / "entry.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
+
+
+def test_a_file_system_that_refuses_chmod_loses_no_run(tmp_path, monkeypatch, capsys):
+    def refuse(path, mode):
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(store.os, "chmod", refuse)
+    [(trained, history)] = store.train_or_load([tiny_spec()], tmp_path)
+    [(loaded, loaded_history)] = store.train_or_load([tiny_spec()], tmp_path)
+    assert "loaded from the store" in capsys.readouterr().out
+    assert loaded_history == history and same_weights(loaded, trained)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind either
 
 
 def test_the_code_is_read_the_same_way_on_every_python_so_stored_runs_keep_their_keys():

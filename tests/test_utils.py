@@ -33,8 +33,7 @@ def test_offline_without_files_says_where_to_put_them(tmp_path, monkeypatch):
 def test_augmentation_keeps_shape_and_label_and_changes_the_image(mnist):
     (train_x, train_y), (test_x, test_y) = mnist
     x, y = test_x[:500], test_y[:500]
-    torch.manual_seed(0)
-    augmented = utils.augment(x)
+    augmented = utils.augment(x, torch.rand(500, 3, generator=torch.Generator().manual_seed(0)))
     assert augmented.shape == x.shape
     assert (augmented - x).abs().amax((1, 2, 3)).min() > 0.5  # every image moved
 
@@ -53,21 +52,28 @@ def test_augmentation_keeps_shape_and_label_and_changes_the_image(mnist):
     assert torch.allclose(augmented[:, :, 0, 0], torch.full((500, 1), utils.BACKGROUND), atol=1e-5)
 
 
-def test_batches_cover_the_data_once_and_shuffle(mnist):
-    (train_x, train_y), _ = mnist
-    x, y = train_x[:100], torch.arange(100)
-    fixed = [b for _, b in utils.batches(x, y, 32)]
-    assert [len(b) for b in fixed] == [32, 32, 32, 4] and torch.equal(torch.cat(fixed), y)
-    shuffled = torch.cat([b for _, b in utils.batches(x, y, 32, shuffle=True, drop_last=True)])
-    assert len(shuffled) == 96 and len(shuffled.unique()) == 96 and not torch.equal(shuffled, y[:96])
+def test_each_seed_gets_every_digit_at_most_once_an_epoch_in_an_order_of_its_own(mnist):
+    (train_x, _), _ = mnist
+    x, y = train_x[:100], torch.arange(100)  # labels that name their image
+    generators = [utils.seed_stream(seed, "cpu") for seed in (1, 2)]
+    batches = list(utils.training_batches(x, y, 32, generators, augmented=False))
+    assert [tuple(xb.shape) for xb, _ in batches] == [(32, 2, 28, 28)] * 3  # the last 4 samples dropped
+    labels = torch.cat([yb for _, yb in batches])  # (96, 2): a column per seed
+    for k in range(2):
+        assert len(labels[:, k].unique()) == 96
+        assert all(torch.equal(xb[:, k], x[yb[:, k], 0]) for xb, yb in batches)  # channel k holds seed k's digits
+    assert not torch.equal(labels[:, 0], labels[:, 1]) and not torch.equal(labels[:, 0], y[:96])
+    alone = torch.cat([yb for _, yb in utils.training_batches(x, y, 32, [utils.seed_stream(2, "cpu")])])
+    assert torch.equal(alone[:, 0], labels[:, 1])  # seed 2's order does not depend on seed 1 beside it
 
 
 def test_misclassified_returns_only_wrong_predictions(tiny):
     _, (test_x, test_y) = tiny
     torch.manual_seed(0)
     model = Net("gn")  # untrained: plenty of mistakes
-    mistakes = utils.misclassified(model, test_x, test_y, count=10)
-    predicted = utils.predict(model, test_x).argmax(1)
+    log_probs = utils.predict(model, test_x)[:, 0]
+    mistakes = utils.misclassified(log_probs, test_y, count=10)
+    predicted = log_probs.argmax(1)
     assert len(mistakes["index"]) == 10
     for i, p, a in zip(mistakes["index"], mistakes["predicted"], mistakes["actual"]):
         assert predicted[i] == p != a == test_y[i]
@@ -76,7 +82,7 @@ def test_misclassified_returns_only_wrong_predictions(tiny):
 
 def test_train_model_history_round_trips_through_json(tiny, tmp_path):
     config = {"name": "GN", "model": {"norm": "gn"}}
-    _, history = utils.train_model(config, tiny, epochs=2, batch_size=64, progress=False)
+    [(_, history)] = utils.train_model(config, tiny, epochs=2, batch_size=64, progress=False)
     assert history["epoch"] == [1, 2] and history["params"] == utils.count_parameters(Net("gn"))
     path = tmp_path / "sub" / "history.json"
     store.save_histories([history], path)
@@ -85,10 +91,10 @@ def test_train_model_history_round_trips_through_json(tiny, tmp_path):
 
 
 def test_training_reduces_the_test_loss(tiny):
-    _, untrained = utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, epochs=1, batch_size=64,
-                                     max_lr=1e-9, progress=False)
-    _, trained = utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, epochs=4, batch_size=64,
-                                   progress=False)
+    [(_, untrained)] = utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, epochs=1, batch_size=64,
+                                         max_lr=1e-9, progress=False)
+    [(_, trained)] = utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, epochs=4, batch_size=64,
+                                       progress=False)
     assert trained["test_loss"][-1] < untrained["test_loss"][-1] - 0.3
     assert trained["test_acc"][-1] > untrained["test_acc"][-1] + 20
 
@@ -108,7 +114,7 @@ def fake_history(name, test_acc):
 def test_plots_write_png_files(tiny, tmp_path):
     histories = [fake_history("BN + L1", [98.0, 99.5, 99.4]), fake_history("GN", [97.0, 99.0, 99.3])]
     _, (test_x, test_y) = tiny
-    mistakes = utils.misclassified(Net("ln"), test_x, test_y)
+    mistakes = utils.misclassified(utils.predict(Net("ln"), test_x)[:, 0], test_y)
     for path, draw in [
         (tmp_path / "loss.png", lambda p: plots.plot_metric(histories, "test_loss", "nats", "Test loss", p)),
         (tmp_path / "train.png", lambda p: plots.plot_train_curves(histories, p)),
