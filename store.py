@@ -100,7 +100,10 @@ def write_atomically(path, data):
     the new, never half of one, and two writers never write into the same temporary file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; a store is read by others as any file is
+        try:  # mkstemp makes it owner-only; a store is read by others as any file is
+            os.chmod(tmp, 0o666 & ~_umask())
+        except OSError:  # a file system without permission bits (a mounted Drive, say): the bits are a courtesy
+            pass
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
