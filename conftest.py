@@ -2,16 +2,26 @@
 
 The kernel that nbval starts inherits this process's environment, so these variables reach the notebook's
 parameters cell: one epoch and one seed for the main study and the regularizer runs, and a sweep of two micro-batch
-sizes on 1,024 training images, one small range test per network and two
-GroupNorm runs on 1,024 images. OUTPUT_DIR and RUNS_DIR are always replaced: a test run must never write over the
-committed images/ nor read or write the committed run store runs/.
+sizes on 1,024 training images, one small range test per network and two GroupNorm runs on 1,024 images. OUTPUT_DIR
+and RUNS_DIR are always replaced: a test run must never write over the committed images/ nor read or write the
+committed run store runs/. They, and pytest's own temporary folders, live in one folder that is removed at the end.
 """
+import atexit
 import os
+import shutil
 import tempfile
+from pathlib import Path
 
-for name, value in {"EPOCHS": "1", "SEEDS": "1", "SWEEP_MICRO_BATCHES": "1,64", "SWEEP_TRAIN_SIZE": "1024",
-                    "SWEEP_EPOCHS": "1", "SWEEP_SEEDS": "1", "LR_TEST_SEEDS": "1", "LR_TEST_TRAIN_SIZE": "1024",
-                    "GROUP_COUNTS": "1,4", "GROUP_EPOCHS": "1", "GROUP_SEEDS": "1", "GROUP_TRAIN_SIZE": "1024"}.items():
+from run import SMALL
+
+for name, value in SMALL.items():  # run.py --small: the same tiny size
     os.environ.setdefault(name, value)
-os.environ["OUTPUT_DIR"] = tempfile.mkdtemp(prefix="bn-ln-gn-test-")
-os.environ["RUNS_DIR"] = tempfile.mkdtemp(prefix="bn-ln-gn-runs-")
+TEST_FOLDER = Path(tempfile.mkdtemp(prefix="bn-ln-gn-test-"))
+atexit.register(shutil.rmtree, TEST_FOLDER, ignore_errors=True)
+os.environ["OUTPUT_DIR"] = str(TEST_FOLDER / "images")
+os.environ["RUNS_DIR"] = str(TEST_FOLDER / "runs")
+
+
+def pytest_configure(config):
+    if not config.option.basetemp:
+        config.option.basetemp = str(TEST_FOLDER / "pytest")  # tmp_path folders too, instead of /tmp/pytest-of-*

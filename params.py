@@ -64,7 +64,7 @@ PARAMETER_RULES = {  # name: (check, what is allowed)
     "GROUP_COUNTS": (lambda v: isinstance(v, list) and len(v) > 0 and all(g in (1, 2, 4, 8) for g in v),
                      f"a non-empty list of 1, 2, 4 and 8 (a group count must divide every layer width {Net.WIDTHS})"),
     "GROUP_EPOCHS": _whole(1), "GROUP_SEEDS": _whole(1), "GROUP_TRAIN_SIZE": _whole(1, 60_000), "WORKERS": _whole(0),
-    "RETRAIN": (lambda v: isinstance(v, bool), "True or False"),
+    "RETRAIN": (lambda v: isinstance(v, bool), "True or False"), "VERBOSE": (lambda v: isinstance(v, bool), "True or False"),
     "RUNS_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),
     "DATA_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),
     "OUTPUT_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),

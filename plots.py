@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.figure import SubFigure
 from matplotlib.lines import Line2D
 import torch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator, ScalarFormatter
@@ -13,6 +14,10 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 from probes import divergence_step, epochs_label, finals_by_group, smoothed
 from stats import by_name, common_seeds, paired_by_seed, summarize, sweep_points
 from utils import MNIST_MEAN, MNIST_STD, conv_weights
+
+
+DPI = 150  # sharp on GitHub and nbviewer, where figures are shown at about 900 px
+PLAIN = FuncFormatter(lambda value, _: f"{value:g}")  # 0.02 on a log axis, not 2x10^-2
 
 
 def trained_on(histories):
@@ -175,28 +180,53 @@ def _finish(fig, path, note=None, layout=True):
         fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=7, color="0.4")
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=DPI)
     return fig
 
 
-def plot_metric(histories, key, ylabel, title, path=None, ylim=None, ax=None, note=None):
+def plot_metric(histories, key, ylabel, title, path=None, ylim=None, ax=None, note=None, log=False, last=None):
     """`key` ("test_loss", "test_acc", ...) against the epoch: one line per configuration name, the mean over its
-    seeds, over a thin line for each seed (a spread that, unlike a +-sd band, stays within the quantity's range)."""
+    seeds, over a thin line for each seed (a spread that, unlike a +-sd band, stays within the quantity's range).
+
+    `log`: a log axis, where small relative differences late in training stay visible. `last`: an inset with the
+    last that many epochs, zoomed to the spread of the seeds there, where the comparison is.
+    """
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4.2))
+    inset = ax.inset_axes([0.42, 0.07, 0.55, 0.5]) if last else None
+    several = False
     for name, runs in by_name(histories).items():
         epochs = runs[0]["epoch"]
         mean = [statistics.fmean(h[key][i] for h in runs) for i in range(len(epochs))]
-        label = name if len(runs) == 1 else f"{name} (mean of {len(runs)} seeds; thin: each seed)"
-        line, = ax.plot(epochs, mean, marker="o", markersize=3, label=label, zorder=3)
-        if len(runs) > 1:
-            for h in runs:
-                ax.plot(h["epoch"], h[key], color=line.get_color(), linewidth=0.7, alpha=0.45, zorder=2)
+        for target in filter(None, (ax, inset)):
+            line, = target.plot(epochs, mean, marker="o", markersize=3, label=name, zorder=3)
+            for h in (runs if len(runs) > 1 else []):
+                target.plot(h["epoch"], h[key], color=line.get_color(), linewidth=0.7, alpha=0.45, zorder=2)
+        several |= len(runs) > 1
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ylim:
         ax.set_ylim(*ylim)
+    if log:
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2, 5)))
+        ax.yaxis.set_major_formatter(PLAIN)
+        ax.yaxis.set_minor_formatter(PLAIN)
+    if inset:
+        end = histories[0]["epoch"][-1]
+        shown = [v for h in histories for e, v in zip(h["epoch"], h[key]) if e > end - last]
+        margin = 0.1 * (max(shown) - min(shown)) or 0.01
+        inset.set(xlim=(end - last + 0.5, end + 0.5), ylim=(min(shown) - margin, max(shown) + margin),
+                  title=f"last {last} epochs", facecolor="white")
+        inset.title.set_fontsize(8)
+        inset.tick_params(labelsize=7)
+        inset.xaxis.set_major_locator(MaxNLocator(integer=True))
+        inset.grid(alpha=0.3)
+        ax.indicate_inset_zoom(inset, edgecolor="0.5")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, _ = ax.get_legend_handles_labels()
+    if several:
+        handles.append(Line2D([], [], color="0.4", linewidth=0.7, alpha=0.6, label="thin: each seed; bold: their mean"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left" if last else "best")
     return _finish(fig, path, note)
 
 
@@ -205,22 +235,18 @@ def plot_train_curves(histories, path=None, note=None):
     after the first epochs the curves differ by a fraction of their value, which a linear axis flattens into one."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     plot_metric(histories, "train_loss", "cross-entropy (nats, log scale)", "Training loss (running mean per epoch)",
-                ax=left)
+                ax=left, log=True)
     errors = [{**h, "train_error": [100 - a for a in h["train_acc"]]} for h in histories]
-    plot_metric(errors, "train_error", "error (%, log scale)", "Training error (running, augmented batches)", ax=right)
-    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.02, not 2x10^-2
-    for ax in (left, right):
-        ax.set_yscale("log")
-        ax.yaxis.set_minor_locator(LogLocator(subs=(2, 5)))
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+    plot_metric(errors, "train_error", "error (%, log scale)", "Training error (running, augmented batches)", ax=right,
+                log=True)
     return _finish(fig, path, note)
 
 
-def plot_misclassified(images, mistakes, title, path=None, note=None):
-    """A 5x2 grid (5 rows, 2 columns) of misclassified digits, each titled with predicted, actual, probability; about
-    320 px wide, so that three of them read side by side."""
-    fig, axes = plt.subplots(5, 2, figsize=(2.9, 6.4))
+def plot_misclassified(images, mistakes, title, path=None, note=None, fig=None):
+    """A 5x2 grid (5 rows, 2 columns) of misclassified digits, each titled with predicted, actual, probability; into
+    `fig` (a subfigure) when given."""
+    fig = fig or plt.figure(figsize=(3.4, 7.2))
+    axes = fig.subplots(5, 2)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= len(mistakes["index"]):
@@ -228,6 +254,18 @@ def plot_misclassified(images, mistakes, title, path=None, note=None):
         pixels = (images[mistakes["index"][i], 0] * MNIST_STD + MNIST_MEAN).clamp(0, 1).cpu().numpy()
         ax.imshow(pixels, cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(f"predicted {mistakes['predicted'][i]} (p={mistakes['probability'][i]:.2f})\n"
-                     f"actual {mistakes['actual'][i]}  #{mistakes['index'][i]}", fontsize=7.5)
-    fig.suptitle(title, fontsize=9)
-    return _finish(fig, path, note)
+                     f"actual {mistakes['actual'][i]}  #{mistakes['index'][i]}", fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    return fig if isinstance(fig, SubFigure) else _finish(fig, path, note)
+
+
+def plot_misclassified_grids(images, grids, note=None):
+    """The 5x2 grids {title: (mistakes, path)} side by side in one figure, each also saved alone as its PNG `path`."""
+    for title, (mistakes, path) in grids.items():
+        plt.close(plot_misclassified(images, mistakes, title, path, note))
+    fig = plt.figure(figsize=(3.4 * len(grids), 7.2), layout="constrained")
+    for subfigure, (title, (mistakes, _)) in zip(fig.subfigures(1, len(grids)), grids.items()):
+        plot_misclassified(images, mistakes, title, fig=subfigure)
+    if note:
+        fig.text(0.995, 0.002, note, ha="right", va="bottom", fontsize=7, color="0.4")
+    return fig

@@ -142,11 +142,12 @@ def _load_range_test(path):
         return None
 
 
-def lr_range_or_load(specs, store, data, retrain=False):
+def lr_range_or_load(specs, store, data, retrain=False, verbose=True):
     """The curve of every range test in `specs`, loaded from the run store or run here (the missing seeds of a network
     together) and stored (one JSON each).
 
-    Each curve is {"name", "seed", "lr", "loss", "trained_on"}; a line per test says what was loaded or run.
+    Each curve is {"name", "seed", "lr", "loss", "trained_on"}; a line per test (`verbose`), or one line in all, says
+    what was loaded or run.
     """
     paths = [Path(store) / f"{run_key(spec, LR_RANGE_CODE)}.json" for spec in specs]
     entries = {path: None if retrain else _load_range_test(path) for path in paths}
@@ -170,9 +171,16 @@ def lr_range_or_load(specs, store, data, retrain=False):
         curve = entries[path]["curve"]
         step = divergence_step(curve["loss"])
         where = f"diverged at lr {curve['lr'][step]:.3g}" if step is not None else "did not diverge"
-        print(f"{spec['name']:>14} seed {spec['seed']}: {len(curve['loss'])} steps, {where} | {how[path]}", flush=True)
+        if verbose:
+            print(f"{spec['name']:>14} seed {spec['seed']}: {len(curve['loss'])} steps, {where} | {how[path]}",
+                  flush=True)
         curves.append({"name": spec["name"], "seed": spec["seed"], **curve,
                        "trained_on": f"{entries[path]['trained_on']}, torch {entries[path]['torch']}"})
+    if not verbose:
+        run_now = sum(h.startswith("run now") for h in how.values())
+        print(f"{len(specs)} range tests: {len(specs) - run_now} loaded from the store"
+              + (f", {run_now} run now" if run_now else "") + "; run on "
+              + " and ".join(sorted({entry["trained_on"] for entry in entries.values()})), flush=True)
     return curves
 
 
@@ -217,7 +225,8 @@ def activation_statistics(model, images):
     layer's input and of its normalized output before the learned scale and shift.
 
     Forward hooks on a copy of the model in training mode (BN with batch statistics, its running averages left
-    alone) with dropout off. Returns [{"channels", "before_mean", "before_sd", "after_mean", "after_sd"}, ...].
+    alone) with dropout off. Rounded to 4 decimals, so that float noise between machines (the 7th digit) does not
+    change the committed JSON from one execution to the next. Returns [{"channels", "before_mean", "before_sd", "after_mean", "after_sd"}, ...].
     """
     model = copy.deepcopy(model).train()
     for module in model.modules():
@@ -228,9 +237,9 @@ def activation_statistics(model, images):
     def record(layer, inputs, output):
         x = inputs[0]
         z = _standardize(layer, x)
-        found.append({"channels": x.shape[1],
-                      "before_mean": x.mean((0, 2, 3)).tolist(), "before_sd": x.std((0, 2, 3), correction=0).tolist(),
-                      "after_mean": z.mean((0, 2, 3)).tolist(), "after_sd": z.std((0, 2, 3), correction=0).tolist()})
+        found.append({"channels": x.shape[1], **{key: [round(v, 4) for v in value.tolist()] for key, value in (
+            ("before_mean", x.mean((0, 2, 3))), ("before_sd", x.std((0, 2, 3), correction=0)),
+            ("after_mean", z.mean((0, 2, 3))), ("after_sd", z.std((0, 2, 3), correction=0)))}})
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, NORM_LAYERS)]
     try:

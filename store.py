@@ -239,13 +239,22 @@ def describe_run(spec, entry, trained_now, micro_batch=False):
     return f"{spec['name']:>8}{extra} seed {spec['seed']}: final test acc {h['test_acc'][-1]:6.2f}% | {how}"
 
 
-def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False, together=None):
+def summary(loaded, trained):
+    """One line for a train_or_load call: how many runs, how many loaded and trained now, where, and their seconds."""
+    entries = [entry for _, entry in loaded]
+    where = " and ".join(sorted({entry["trained_on"] for entry in entries}))
+    return (f"{len(entries)} runs: {len(entries) - trained} loaded from the store"
+            + (f", {trained} trained now" if trained else "")
+            + f"; trained on {where}, {sum(entry['seconds'] for entry in entries):.0f} s of training in all")
+
+
+def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False, together=None, verbose=True):
     """(model, history) for every spec, in order: loaded from `store` when there, trained and stored when not.
 
     The missing seeds of a configuration train together, at most `together` at a time (None: all), in `workers`
     parallel processes (joblib), one torch thread each, or in this process when `workers` is 1; each run is stored the
-    moment its group ends, so an interrupted call loses only the groups in progress. Prints a line per run and a
-    progress bar over the runs; `retrain` trains every spec anew.
+    moment its group ends, so an interrupted call loses only the groups in progress. Prints a line per run (`verbose`)
+    or one summary line, and a progress bar while it trains; `retrain` trains every spec anew.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -257,7 +266,7 @@ def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False
     sweep = any(spec["micro_batch_size"] != spec["batch_size"] for spec in specs)  # then every line names its size
     results = [None if retrain else load_run(store, spec) for spec in specs]
     for spec, result in zip(specs, results):
-        if result:
+        if result and verbose:
             print(describe_run(spec, result[1], trained_now=False, micro_batch=sweep), flush=True)
     todo = seed_groups([spec for spec, result in zip(specs, results) if result is None], together)
     if todo:
@@ -273,11 +282,14 @@ def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False
             for group_keys in jobs:
                 for key in group_keys:
                     entry = json.loads((Path(store) / f"{key}.json").read_text())
-                    bar.write(describe_run(entry["spec"], entry, trained_now=True, micro_batch=sweep))
+                    if verbose:
+                        bar.write(describe_run(entry["spec"], entry, trained_now=True, micro_batch=sweep))
                     bar.update()
     loaded = [result or load_run(store, spec) for spec, result in zip(specs, results)]
     if any(result is None for result in loaded):
         raise RuntimeError(f"run store {store}: a run just trained could not be read back")
+    if not verbose:
+        print(summary(loaded, sum(result is None for result in results)), flush=True)
     return [(model.to(torch.device(spec["device"])), entry["history"]) for spec, (model, entry) in zip(specs, loaded)]
 
 

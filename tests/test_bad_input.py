@@ -59,7 +59,7 @@ def good_parameters():
             "GN_GROUPS": 4, "DROPOUT": 0.05, "SWEEP_MICRO_BATCHES": [2, 128], "SWEEP_TRAIN_SIZE": 60_000,
             "SWEEP_EPOCHS": 2, "SWEEP_SEEDS": 3, "LR_TEST_SEEDS": 3, "LR_TEST_MIN": 1e-3, "LR_TEST_MAX": 100.0,
             "LR_TEST_TRAIN_SIZE": 60_000, "GROUP_COUNTS": [1, 2, 4, 8], "GROUP_EPOCHS": 5, "GROUP_SEEDS": 5,
-            "GROUP_TRAIN_SIZE": 60_000, "WORKERS": 0, "RUNS_DIR": "runs", "RETRAIN": False, "DATA_DIR": "data",
+            "GROUP_TRAIN_SIZE": 60_000, "WORKERS": 0, "RUNS_DIR": "runs", "RETRAIN": False, "VERBOSE": False, "DATA_DIR": "data",
             "OUTPUT_DIR": "images"}
 
 

@@ -147,8 +147,8 @@ def test_hook_statistics_equal_a_hand_computation(mnist):
         assert len(found) == 6 and [layer["channels"] for layer in found] == [8, 16, 16, 16, 16, 16]
         conv = model.features[0][0]
         x = F.conv2d(images, conv.weight)  # the first normalization layer's input, by hand
-        assert found[0]["before_mean"] == pytest.approx(x.mean((0, 2, 3)).tolist(), abs=1e-5)
-        assert found[0]["before_sd"] == pytest.approx(x.std((0, 2, 3), correction=0).tolist(), abs=1e-5)
+        assert found[0]["before_mean"] == pytest.approx(x.mean((0, 2, 3)).tolist(), abs=6e-5)  # rounded to 4 decimals
+        assert found[0]["before_sd"] == pytest.approx(x.std((0, 2, 3), correction=0).tolist(), abs=6e-5)
         g = 8 if norm == "bn" else 1 if norm == "ln" else groups  # statistics per channel / per sample and group
         if norm == "bn":
             z = (x - x.mean(dims, keepdim=True)) / torch.sqrt(x.var(dims, keepdim=True, unbiased=False) + 1e-5)
@@ -156,8 +156,8 @@ def test_hook_statistics_equal_a_hand_computation(mnist):
             v = x.view(6, g, 8 // g, 26, 26)
             z = ((v - v.mean(dims, keepdim=True)) / torch.sqrt(v.var(dims, keepdim=True, unbiased=False) + 1e-5))
             z = z.view_as(x)
-        assert found[0]["after_mean"] == pytest.approx(z.mean((0, 2, 3)).tolist(), abs=1e-4)
-        assert found[0]["after_sd"] == pytest.approx(z.std((0, 2, 3), correction=0).tolist(), abs=1e-4)
+        assert found[0]["after_mean"] == pytest.approx(z.mean((0, 2, 3)).tolist(), abs=1.5e-4)
+        assert found[0]["after_sd"] == pytest.approx(z.std((0, 2, 3), correction=0).tolist(), abs=1.5e-4)
 
 
 def test_activation_statistics_show_what_each_normalization_fixes_and_leave_the_model_alone(mnist):

@@ -36,6 +36,20 @@ def test_committed_notebook_holds_an_executed_run_without_errors():
     assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 12
 
 
+def test_the_first_cell_states_the_answer_of_the_committed_execution():
+    """The notebook leads with its result: each configuration's final test accuracy, mean ± sd over the seeds, as the
+    committed histories give it."""
+    import stats
+    import store
+    first = "".join(NOTEBOOK["cells"][0]["source"])
+    answer = first[:first.index("One small convolutional net")]
+    finals = stats.final_test_accuracies(store.load_histories(ROOT / "images" / "history.json"))
+    for name, values in finals.items():
+        summary = stats.summarize(values)
+        assert f"{name} {summary['mean']:.2f} ± {summary['std']:.2f}%" in answer, name
+    assert f"{len(values)} seeds" in answer
+
+
 def test_outputs_are_text_and_png_only():
     kinds = {k for o in OUTPUTS for k in o.get("data", {})}
     assert kinds <= {"text/plain", "image/png", "text/markdown"}
@@ -220,7 +234,7 @@ def test_a_killed_execution_executed_again_loads_the_finished_runs_and_trains_on
     nbformat.write(notebook, tmp_path / "partial.ipynb")
     runs = tmp_path / "runs"
     env = dict(os.environ, RUNS_DIR=str(runs), OUTPUT_DIR=str(tmp_path / "out"), DATA_DIR=str(ROOT / "data"),
-               WORKERS="1", SWEEP_MICRO_BATCHES="8,64", SWEEP_SEEDS="2", SWEEP_EPOCHS="1", SWEEP_TRAIN_SIZE="1024",
+               WORKERS="1", VERBOSE="1", SWEEP_MICRO_BATCHES="8,64", SWEEP_SEEDS="2", SWEEP_EPOCHS="1", SWEEP_TRAIN_SIZE="1024",
                PYTHONPATH=str(ROOT))
     execute = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--output",
                str(tmp_path / "out.ipynb"), str(tmp_path / "partial.ipynb")]
@@ -264,3 +278,27 @@ def test_publish_refuses_a_remote_that_is_not_on_github(tmp_path):
     with pytest.raises(ValueError, match="remote 'https://gitlab.com/a/b.git' is not a GitHub repository"):
         publish.github_repository("https://gitlab.com/a/b.git")
     assert publish.github_repository("ssh://git@github.com/a/b.c.git\n") == "a/b.c"
+
+
+def test_executing_twice_from_a_complete_store_writes_the_same_bytes(tmp_path):
+    """What run.py writes from a complete run store is the same at every execution: no execution timestamps, printed
+    text not split by timing, nothing recomputed that float noise could change. A first execution fills the store."""
+    env = dict(os.environ, RUNS_DIR=str(tmp_path / "runs"), DATA_DIR=str(ROOT / "data"), SWEEP_MICRO_BATCHES="64",
+               LR_TEST_TRAIN_SIZE="256", GROUP_COUNTS="4", GROUP_TRAIN_SIZE="256", SWEEP_TRAIN_SIZE="256")
+    written = []
+    for execution in range(3):
+        out = tmp_path / "out"  # the same folders each time: the notebook prints them
+        done = subprocess.run([sys.executable, str(ROOT / "run.py"), "--output", str(out / "executed.ipynb")],
+                              env=dict(env, OUTPUT_DIR=str(out / "images")), capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr
+        written.append({p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+        shutil.rmtree(out)
+    printed = [json.dumps([c.get("outputs") for c in json.loads(files[Path("executed.ipynb")])["cells"]])
+               for files in written]
+    assert "trained now" in printed[0] and "trained now" not in printed[1] and "loaded from the store" in printed[1]
+    assert written[1].keys() == written[2].keys() and len(written[1]) > 10
+    for path in written[1]:
+        differs = next((i for i, (a, b) in enumerate(zip(written[1][path], written[2][path])) if a != b), None)
+        assert written[1][path] == written[2][path], (f"{path} differs between two executions: "
+                                                      f"{written[1][path][differs - 200:differs + 50]}")
+    assert b'"iopub.execute_input"' not in written[1][Path("executed.ipynb")]

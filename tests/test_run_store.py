@@ -145,8 +145,8 @@ def test_micro_batches_give_the_whole_batch_step_for_ln_and_gn_only(tiny, norm, 
         model = utils.Net(norm, dropout=0.0)
         optimizer = utils.make_optimizer(model, 0.1)
         scheduler = utils.make_scheduler(optimizer, 0.1, 10)
-        loader = utils.batches(train_x[:128], train_y[:128], 64)
-        utils.train_epoch(model, optimizer, scheduler, loader, augment_batch=None, micro_batch_size=micro_batch_size)
+        loader = utils.training_batches(train_x[:128], train_y[:128], 64, [torch.Generator()], augmented=False)
+        utils.train_epoch(model, optimizer, scheduler, loader, micro_batch_size=micro_batch_size)
         models.append(model)
     weights = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models]
     assert torch.allclose(weights[0], weights[1], atol=1e-5) == equal

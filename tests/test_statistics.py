@@ -87,7 +87,13 @@ def test_metric_plot_draws_the_seed_mean_over_each_seed_and_stays_in_range():
     assert list(single.get_ydata()) == [98.0, 99.3]  # the single-seed configuration: its own line only
     # a +-1 sd band would reach 99.45 + 0.64 = 100.09%: above what an accuracy can be; each seed's line cannot
     assert max(max(line.get_ydata()) for line in ax.lines) <= 100
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN (mean of 2 seeds; thin: each seed)", "GN"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN", "GN", "thin: each seed; bold: their mean"]
+    plots.plt.close(fig)
+    loss = plots.plot_metric(runs, "test_loss", "nats", "Test loss", log=True).axes[0]
+    assert loss.get_yscale() == "log"
+    zoomed = plots.plot_metric(runs, "test_acc", "accuracy (%)", "Test accuracy", last=1).axes[0]
+    [inset] = zoomed.child_axes  # the last epoch, zoomed to its seeds: 99.0 to 99.9 with a margin
+    assert inset.get_xlim() == (1.5, 2.5) and inset.get_ylim()[0] < 99.0 and 99.9 < inset.get_ylim()[1] < 100
     assert "trained on CPU (1 threads)" in [t.get_text() for t in fig.texts]
     plots.plt.close(fig)
 
