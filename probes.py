@@ -135,7 +135,8 @@ def _load_range_test(path):
         return None
     try:
         entry = json.loads(path.read_text())
-        entry["curve"]["loss"]
+        if not isinstance(entry["curve"]["loss"], list):
+            raise TypeError("its curve holds no list of losses")
         return entry
     except (ValueError, KeyError, TypeError) as error:
         print(f"run store: entry {path} is unreadable ({type(error).__name__}: {error}); running it again")

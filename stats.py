@@ -1,27 +1,10 @@
 """Seed statistics and their tables: summaries with 95% intervals, Welch's and the paired t-test, Bonferroni
-comparisons, the per-run, per-seed and micro-batch sweep tables."""
+comparisons, the per-seed and micro-batch sweep tables."""
 import math
 import statistics
 
 from scipy import stats
 
-
-def results_table(histories):
-    """A Markdown row per run: configuration, seed, final and best test accuracy, train accuracy, training time.
-
-    The headline is the final epoch; "best" is extra information, picked on the test set after the fact.
-    """
-    rows = ["| configuration | seed | final test acc | final test loss | best test acc (epoch) "
-            "| final train acc* | best train acc* (epoch) | training time |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for h in histories:
-        best_test = max(range(len(h["epoch"])), key=lambda i: h["test_acc"][i])
-        best_train = max(range(len(h["epoch"])), key=lambda i: h["train_acc"][i])
-        rows.append(f"| {h['name']} | {h['seed']} | {h['test_acc'][-1]:.2f}% | {h['test_loss'][-1]:.4f} "
-                    f"| {h['test_acc'][best_test]:.2f}% ({h['epoch'][best_test]}) | {h['train_acc'][-1]:.2f}% "
-                    f"| {h['train_acc'][best_train]:.2f}% ({h['epoch'][best_train]}) | {sum(h['seconds']):.0f} s |")
-    return "\n".join(rows) + ("\n\n*train accuracy is the running mean over each epoch's augmented batches, "
-                              "measured while the weights change.")
 
 def by_name(histories):
     """Histories grouped by configuration name, in first-seen order: {name: [history, ...]}."""

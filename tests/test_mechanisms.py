@@ -134,6 +134,11 @@ def test_range_tests_are_stored_and_loaded_not_run_again(tiny, tmp_path, capsys)
     assert len(list(tmp_path.glob("*.json"))) == 2
     table = probes.divergence_table(first)
     assert "| BN | 1 |" in table and "| no norm | 1 |" in table
+    damaged = sorted(tmp_path.glob("*.json"))[0]
+    damaged.write_text(damaged.read_text().replace('"loss"', '"losses"'))
+    assert probes.lr_range_or_load(specs, tmp_path, tiny) == first  # run again, to the same curve
+    out = capsys.readouterr().out
+    assert f"entry {damaged} is unreadable (KeyError" in out and out.count("run now") == 1
 
 
 # ---------------------------------------------------------------- activation statistics

@@ -135,14 +135,6 @@ def test_accuracy_plot_has_labelled_axes_and_a_legend_naming_each_configuration(
     plots.plt.close(fig)
 
 
-def test_results_table_reports_final_and_labelled_best_epoch():
-    table = stats.results_table([dict(fake_history("GN", [98.0, 99.5, 99.4]), seed=3)])
-    row = table.splitlines()[2]
-    assert row.startswith("| GN | 3 | 99.40% |")  # a row per run, named by its seed
-    assert "99.50% (2)" in row and "| 4 s |" in row
-    assert "final test acc" in table and "best test acc (epoch)" in table
-
-
 def test_training_curves_label_their_log_axes_with_plain_numbers():
     """0.02 and 5, not 2x10^-2 and 5x10^0: the rendered notebook showed the mathtext labels as clutter."""
     histories = [dict(fake_history("BN + L1", [90.0, 98.0, 99.0]), train_loss=[0.6, 0.1, 0.02],
