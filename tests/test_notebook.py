@@ -32,8 +32,8 @@ def test_committed_notebook_holds_an_executed_run_without_errors():
     code_cells = [c for c in NOTEBOOK["cells"] if c["cell_type"] == "code"]
     assert all(c["execution_count"] for c in code_cells)
     assert not any(o["output_type"] == "error" for o in OUTPUTS)
-    # 3 graphs, 3 grids, sweep, weights, per-seed pairs, activations, range test, group count
-    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 12
+    # 3 graphs, the 3 grids in one figure, sweep, weights, per-seed pairs, activations, range test, group count
+    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 10
 
 
 def test_the_first_cell_states_the_answer_of_the_committed_execution():
