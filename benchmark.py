@@ -3,7 +3,7 @@ seeds, and the default study's training time from them.
 
   --ops     operators one training step dispatches (counted with TorchDispatchMode over a whole step: batch
             gathering and augmentation, forward, backward, optimizer and scheduler), for BN, BN + L1, LN, GN and ghost
-            BN, one seed alone and 5 seeds together. On a GPU a step of this small net costs about one launch per
+            BN, one seed alone, 5 and 10 seeds together. On a GPU a step of this small net costs about one launch per
             operator, so operators per seed-step is the GPU's cost; the CPU can count them too.
   default   the --ops table, then seconds per seed-step of a BN step, interleaved over --rounds rounds (this shared
             machine drifts between minutes): one seed alone and 5 together in this process (all its threads), and
@@ -32,9 +32,10 @@ KINDS = {  # name: (Net kwargs, L1 lambda)
     "BN": ({"norm": "bn"}, 0.0), "BN + L1": ({"norm": "bn"}, 5e-5), "LN": ({"norm": "ln"}, 0.0),
     "GN": ({"norm": "gn"}, 0.0), "ghost BN (micro-batch 16)": ({"norm": "bn", "micro_batch": 16}, 0.0),
 }
-TOGETHER = (1, 5)
+TOGETHER = (1, 5, 10)
 STEPS_PER_EPOCH = 60_000 // 128
-STUDY_EPOCHS = 15 * 20 + 10 * 20 + 50 * 4 + 20 * 5 + 12 * 1  # main, regularizers, micro-batch sweep, groups, range
+STUDY_EPOCHS = (30 * 20 + 20 * 20 + 50 * 4 + 20 * 20  # main (3 x 10 seeds), BN and BN + L2, micro-batch sweep, 2 and 8 groups
+                + 12 * 1)  # the range tests; 1 and 4 groups are the main study's LN and GN runs
 
 
 class OperatorCount(TorchDispatchMode):

@@ -1,20 +1,57 @@
-"""The study's closing findings: Markdown bullets computed from the histories, the regularizer report, the range
-tests, the group sweep and the activation statistics, never typed in."""
+"""The study's answer and closing findings: Markdown computed from the histories, the regularizer report, the range
+tests, the group-count runs and the activation statistics, never typed in. Every verdict is stats.compare_family's."""
 import statistics
 
-from probes import epochs_label, finals_by_group, pooled, range_summary, value_range
-from stats import (by_name, compare, count_failing_at_test, fails_at_test, final_test_accuracies, mean_sd, paired_by_seed,
-                   paired_test, sweep_points)
+from probes import group_comparisons, pooled, range_summary, value_range
+from stats import (MARGIN, by_name, compare_family, count_failing_at_test, fails_at_test, final_test_accuracies,
+                   finals_by_seed, interval, mean_sd, sweep_comparisons, sweep_points)
 
 
-def _pair_sentence(result, paired=None, unit="points"):
-    words = {"real": "a real difference", "noise": "within seed noise",
-             "untestable": "untestable with these seeds"}
-    text = f"{result['a']} vs {result['b']}: {result['difference']:+.2f} {unit} (Welch p = {result['p']:.2g}"
-    if paired is None:
-        return text + f"), {words[result['verdict']]}"
-    return (text + f", paired p = {paired['p']:.2g}), {words[result['verdict']]}"
-            + ("" if paired["verdict"] == result["verdict"] else f" by Welch, {words[paired['verdict']]} paired"))
+def _verdict(result):
+    """The verdict in running text: "different (BN + L1 higher)", "equivalent within ±0.2", "undecided"."""
+    if result["verdict"] == "different":
+        return f"different ({result['a'] if result['difference'] > 0 else result['b']} higher)"
+    return {"equivalent": f"equivalent within ±{result['margin']:g}", "undecided": "undecided",
+            "untestable": "untestable with these seeds"}[result["verdict"]]
+
+
+def _pair_sentence(result):
+    return f"{result['a']} − {result['b']} {interval(result)} points: {_verdict(result)}"
+
+
+def answer(histories):
+    """The main study's answer in two sentences: each configuration's final test accuracy, then each pair's paired
+    difference with its 95% interval and verdict, from the same compare_family as the table below it."""
+    finals = final_test_accuracies(histories)
+    ranked = sorted(finals, key=lambda name: -statistics.fmean(finals[name]))
+    seeds = sorted({len(values) for values in finals.values()})
+    text = (f"Final test accuracy, mean ± sd over {'/'.join(map(str, seeds))} seeds: "
+            + ", ".join(f"{name} {mean_sd(finals[name])}" for name in ranked) + ".")
+    results = compare_family(finals_by_seed(histories))
+    if results:
+        text += (f" Paired by seed (95% interval; Holm-corrected paired t-test; margin ±{MARGIN:g}): "
+                 + "; ".join(map(_pair_sentence, results)) + ".")
+    return text
+
+
+def _family_sentence(results):
+    """A family's verdicts grouped: "different: 1 (-85.48 points), 2 (...); equivalent within ±0.2: 32, 64; ..."."""
+    labels = {"different": "different", "equivalent": f"equivalent within ±{MARGIN:g}", "undecided": "undecided",
+              "untestable": "untestable"}
+    parts = []
+    for verdict, label in labels.items():
+        chosen = [r for r in results if r["verdict"] == verdict]
+        if chosen:
+            parts.append(f"{label}: " + ", ".join(f"{r['a']} ({interval(r)})" for r in chosen))
+    return "; ".join(parts)
+
+
+def regularizer_comparisons(histories, reg_histories):
+    """The regularizer family of the ANALYSIS: BN + L1 (a main-study configuration) and BN + L2 each against plain BN,
+    paired by seed; returns ({name: {seed: final test accuracy}}, results)."""
+    every = {**finals_by_seed(histories), **finals_by_seed(reg_histories)}
+    finals = {name: every[name] for name in ("BN", "BN + L1", "BN + L2") if name in every}
+    return finals, compare_family(finals, [(name, "BN") for name in finals if name != "BN"])
 
 
 def _range_sentence(name, curves):
@@ -22,24 +59,20 @@ def _range_sentence(name, curves):
     lowest = statistics.median(r["lowest"] for r in summaries)
     if not any(r["learned"] for r in summaries):
         return f"{name} never learned (lowest smoothed loss {lowest:.2f}; chance is ln 10 = 2.30)"
-    return f"{name} reached a loss of {lowest:.2f} and diverged at lr {statistics.median(r['diverged_lr'] for r in summaries):.3g}"
+    at, long = (statistics.median(r[key] for r in summaries) for key in ("diverged_lr", "diverged_lr_long"))
+    return (f"{name} reached a loss of {lowest:.2f}; it left for good after lr {at:.3g} ({long:.3g} with the longer "
+            "smoothing)")
 
 
-def _sweep_sentence(name, by_size, sweep, failed, at_test, alpha):
-    """One normalization of the micro-batch sweep: its smallest and largest size, which sizes differ from the largest
-    beyond the seed noise (Welch, Bonferroni over the sizes compared), and the runs that diverged or fail at test."""
+def _sweep_sentence(name, by_size, sweep, failed, at_test, results):
+    """One normalization of the micro-batch sweep: its smallest and largest size, each size's verdict against the
+    largest, and the runs that diverged or fail at test."""
     sizes = sorted(by_size)
     ends = sizes[:1] if len(sizes) == 1 else [sizes[0], sizes[-1]]
     text = f"- **Micro-batch sweep, {name}**: micro-batch " + ", ".join(
         f"{s} {mean_sd(by_size[s]) if by_size[s] else 'diverged'}" for s in ends)
-    largest = by_size[sizes[-1]]
-    tested = [s for s in sizes[:-1] if len(by_size[s]) > 1 and len(largest) > 1]  # a t-test needs 2+ seeds a side
-    results = {s: compare({str(s): by_size[s], str(sizes[-1]): largest}, alpha / len(tested))[0] for s in tested}
-    if tested:
-        real = [f"{s} {r['difference']:+.2f} points (p = {r['p']:.2g})" for s, r in results.items()
-                if r["verdict"] == "real"]
-        text += (f"; against {sizes[-1]} (Welch, real if p < {alpha / len(tested):.2g}): "
-                 + (", ".join(real) + " real, the rest within seed noise" if real else "every size within seed noise"))
+    if results:
+        text += f"; each size against {sizes[-1]}, paired by seed (points): " + _family_sentence(results)
     lost = sum(failed.get((name, s), 0) for s in sizes)
     low = {s: at_test[name, s] for s in sizes if at_test.get((name, s))}
     if low:
@@ -50,46 +83,35 @@ def _sweep_sentence(name, by_size, sweep, failed, at_test, alpha):
 
 
 def findings(histories, reg_histories=(), sweep=(), report=None, curves=(), group_histories=(), study_groups=None,
-             activations=(), per_image=(), alpha=0.05):
+             activations=(), per_image=()):
     """The study's conclusions as Markdown bullets, every number computed from the histories (and the regularizer
-    report, the range tests, the group sweep, the activation statistics and `per_image`, the test accuracies of the
-    micro-batch-1 BN runs with per-image statistics): which differences are real and which are within seed noise, what
-    the sweep and the penalties did, how much learning rate each normalization takes."""
-    lines = []
-    finals = final_test_accuracies(histories)
-    ranked = sorted(finals, key=lambda name: -statistics.fmean(finals[name]))
-    lines.append("- **Main study** (final test accuracy, mean +- sd over seeds): " + ", ".join(
-        f"{name} {mean_sd(finals[name])}" for name in ranked) + ".")
-    results = compare(finals, alpha)
-    paired = compare(paired_by_seed(histories), alpha, paired_test)
-    if results:
-        lines.append(f"- Pairwise (Welch and paired by seed, real if p < {results[0]['threshold']:.3g}): "
-                     + "; ".join(map(_pair_sentence, results, paired)) + ".")
+    report, the range tests, the group-count runs, the activation statistics and `per_image`, the test accuracies of
+    the micro-batch-1 BN runs with per-image statistics), every verdict by the one paired analysis."""
+    lines = [f"- **Main study**: {answer(histories)}"]
     if sweep:
         points, failed = sweep_points(sweep)
         at_test = count_failing_at_test(sweep)
-        lines += [_sweep_sentence(name, by_size, sweep, failed, at_test, alpha) for name, by_size in points.items()]
+        families = sweep_comparisons(sweep)
+        lines += [_sweep_sentence(name, by_size, sweep, failed, at_test, families.get(name))
+                  for name, by_size in points.items()]
     if per_image:
         eval_mode = [h["test_acc"][-1] for h in sweep if h["name"] == "BN" and h["micro_batch_size"] == 1]
         lines.append(f"- **BN at micro-batch 1**, test accuracy in eval mode (running averages) {mean_sd(eval_mode)}; "
                      f"the same weights with each test image normalized by its own statistics, as in training, "
                      f"{mean_sd(per_image)}.")
     if reg_histories:
-        reg_finals = final_test_accuracies(reg_histories)
-        reg_finals = {name: reg_finals.get(name) or finals[name] for name in ("BN", "BN + L1", "BN + L2")
-                      if reg_finals.get(name) or finals.get(name)}
-        results = [r for r in compare(reg_finals, alpha) if r["a"] == "BN"]
+        finals, results = regularizer_comparisons(histories, reg_histories)
         lines.append("- **Regularizers** (final test accuracy): " + ", ".join(
-            f"{name} {mean_sd(values)}" for name, values in reg_finals.items()) + "; "
+            f"{name} {mean_sd(list(values.values()))}" for name, values in finals.items()) + "; paired by seed: "
             + "; ".join(map(_pair_sentence, results)) + ".")
     if curves:
         lines.append("- **Learning-rate range test** (median over seeds): " + "; ".join(
             _range_sentence(name, runs) for name, runs in by_name(curves).items()) + ".")
     if group_histories:
-        by_groups = {g: list(accs.values()) for g, accs in finals_by_group(group_histories).items()}
-        lines.append(f"- **GroupNorm group count** ({epochs_label(group_histories[0])}, final test accuracy): "
-                     + ", ".join(f"{g} group{'s' * (g > 1)} {mean_sd(by_groups[g])}" for g in sorted(by_groups))
-                     + f"; the study uses {study_groups}.")
+        results = group_comparisons(group_histories, study_groups)
+        epochs = group_histories[0]["epoch"][-1]
+        lines.append(f"- **GroupNorm group count** ({epochs} epochs, final test accuracy, each count against the "
+                     f"study's {study_groups}, paired by seed): " + "; ".join(map(_pair_sentence, results)) + ".")
     if activations:
         lines.append("- **Activations** (per-channel statistics after the normalization, trained weights): " + "; ".join(
             f"{run['name']} means {value_range(pooled(run, 'after_mean'))}, sds {value_range(pooled(run, 'after_sd'))}"

@@ -39,9 +39,9 @@ def plot_per_seed(histories, path=None, note=None):
 
 
 def plot_micro_batch_sweep(histories, path=None, note=None):
-    """Final test accuracy against the micro-batch size, as the sweep's table gives it: mean over seeds, bars +-1 sd,
+    """Final test accuracy against the micro-batch size, as the sweep's table gives it: mean over seeds, bars ±1 sd,
     for each normalization trained at several sizes; one trained at a single size (LN and GN, whose statistics are
-    per sample) is a flat reference line with a +-1 sd band across the whole axis.
+    per sample) is a flat reference line with a ±1 sd band across the whole axis.
 
     A diverged run is drawn as an x at the bottom edge, labelled; a size whose mean is below 50% (runs that trained but
     fail at test) as a triangle there with its mean written beside it: neither sets the scale of the plot.
@@ -64,7 +64,7 @@ def plot_micro_batch_sweep(histories, path=None, note=None):
         if len(by_size) == 1 and sizes:  # one size only: a reference, the same at any micro-batch
             mean = accs[0]["mean"]
             ax.axhline(mean, color=f"C{i}", linestyle="--",
-                       label=f"{name} at {sizes[0]} (per-sample statistics; band: +-1 sd)")
+                       label=f"{name} at {sizes[0]} (per-sample statistics; band: ±1 sd)")
             ax.axhspan(mean - spread[0], mean + spread[0], color=f"C{i}", alpha=0.07, linewidth=0)
         elif sizes:
             ax.errorbar(sizes, [a["mean"] for a in accs], yerr=spread, color=f"C{i}", capsize=3, marker="o",
@@ -186,7 +186,7 @@ def _finish(fig, path, note=None, layout=True):
 
 def plot_metric(histories, key, ylabel, title, path=None, ylim=None, ax=None, note=None, log=False, last=None):
     """`key` ("test_loss", "test_acc", ...) against the epoch: one line per configuration name, the mean over its
-    seeds, over a thin line for each seed (a spread that, unlike a +-sd band, stays within the quantity's range).
+    seeds, over a thin line for each seed (a spread that, unlike a ±sd band, stays within the quantity's range).
 
     `log`: a log axis, where small relative differences late in training stay visible. `last`: an inset with the
     last that many epochs, zoomed to the spread of the seeds there, where the comparison is.

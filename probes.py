@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import Net, pack
-from stats import mean_sd, by_name, paired_test
+from stats import by_name, compare_family, family_table, mean_sd
 from store import seed_groups, write_atomically, run_key, training_code_version
 from utils import (conv_weights, device_name, make_optimizer, seed_stream, set_seed, train_epoch,
                    training_batches)
@@ -64,23 +64,28 @@ def smoothed(values, beta=0.9):
     return out
 
 
-def divergence_step(losses, give_back=0.5, min_improvement=0.1):
-    """The first step at which the smoothed loss is not finite or has given back more than `give_back` of its best
-    improvement on the starting loss (once that improvement was at least `min_improvement` of the start), or None.
+LONG_SMOOTHING = 0.98  # a second, longer smoothing (about 50 steps): how much the divergence point depends on it
 
-    A relative rule, because a net can blow up from a loss of 0.3 as well as from 1.2, while its loss cannot climb
-    far above chance (ln 10) once it predicts uniformly.
+
+def divergence_step(losses, beta=0.9, min_improvement=0.1):
+    """The step after which the smoothed loss never again comes below the midpoint between its start and its lowest
+    value (or is no longer a number): where it leaves for good; None when it ends below that midpoint, or never
+    improved by `min_improvement` of its start (nothing to lose).
+
+    A spike that recovers is no divergence, however high it goes; the midpoint is relative, because a net can blow up
+    from a loss of 0.3 as well as from 1.2, while its loss cannot climb far above chance (ln 10) once it predicts
+    uniformly.
     """
-    values = smoothed(losses)
-    lowest = math.inf
-    for step, loss in enumerate(values):
-        if not math.isfinite(loss):
-            return step
-        lowest = min(lowest, loss)
-        improvement = values[0] - lowest
-        if improvement >= min_improvement * values[0] and loss > lowest + give_back * improvement:
-            return step
-    return None
+    values = smoothed(losses, beta)
+    bad = next((step for step, v in enumerate(values) if not math.isfinite(v)), None)  # stays so: it is an average
+    finite = values[:bad]
+    if not finite:
+        return 0
+    if values[0] - min(finite) < min_improvement * values[0]:
+        return bad  # never learned: only a loss that stops being a number marks it
+    midpoint = (values[0] + min(finite)) / 2
+    step = 1 + max(step for step, v in enumerate(finite) if v <= midpoint)
+    return step if step < len(values) else None
 
 
 def lr_range_test(specs, data):
@@ -186,29 +191,36 @@ def lr_range_or_load(specs, store, data, retrain=False, verbose=True):
 
 
 def range_summary(curve):
-    """What one range test showed: its lowest smoothed loss and the learning rate there, the learning rate at which
-    it diverged (inf: never), and whether it learned at all (lowest smoothed loss below 90% of chance, ln 10)."""
+    """What one range test showed: its lowest smoothed loss and the learning rate there, the learning rate after which
+    its loss left for good with the notebook's smoothing and with LONG_SMOOTHING (inf: never), and whether it learned at
+    all (lowest smoothed loss below 90% of chance, ln 10)."""
     loss = smoothed(curve["loss"])
-    step = divergence_step(curve["loss"])
     lowest = min(loss)
-    return {"lowest": lowest, "best_lr": curve["lr"][loss.index(lowest)],
-            "diverged_lr": curve["lr"][step] if step is not None else math.inf, "learned": lowest < 0.9 * math.log(10)}
+    steps = [divergence_step(curve["loss"], beta) for beta in (0.9, LONG_SMOOTHING)]
+    diverged_lr, diverged_lr_long = (curve["lr"][step] if step is not None else math.inf for step in steps)
+    return {"lowest": lowest, "best_lr": curve["lr"][loss.index(lowest)], "diverged_lr": diverged_lr,
+            "diverged_lr_long": diverged_lr_long, "learned": lowest < 0.9 * math.log(10)}
+
+
+def _lrs(values):
+    return ", ".join(f"{lr:.3g}" if math.isfinite(lr) else "never" for lr in values)
 
 
 def divergence_table(curves):
-    """Markdown: per network (median over seeds), the lowest smoothed loss and its learning rate, and the learning
-    rate at which the loss diverged, also per seed."""
-    rows = ["| network | seeds | lowest smoothed loss | at lr | diverged at lr | each seed |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    """Markdown: per network, the median over seeds of the lowest smoothed loss and its learning rate, and of the
+    learning rate after which the loss left for good (each seed's beside it), with two smoothings."""
+    rows = ["| network | seeds | lowest smoothed loss (median) | at lr (median) | loss leaves for good after lr: "
+            "median (each seed) | the same, longer smoothing |", "| --- | --- | --- | --- | --- | --- |"]
     for name, runs in by_name(curves).items():
         summaries = [range_summary(c) for c in runs]
-        at = [r["diverged_lr"] for r in summaries]
-        median = statistics.median(at)
-        verdict = ("never learned" if not any(r["learned"] for r in summaries)
-                   else f"{median:.3g}" if math.isfinite(median) else "not in the range")
+        cells = []
+        for key in ("diverged_lr", "diverged_lr_long"):
+            at = [r[key] for r in summaries]
+            median = statistics.median(at)
+            cells.append("never learned" if not any(r["learned"] for r in summaries) else
+                         f"{median:.3g} ({_lrs(at)})" if math.isfinite(median) else f"not in the range ({_lrs(at)})")
         rows.append(f"| {name} | {len(runs)} | {statistics.median(r['lowest'] for r in summaries):.2f} "
-                    f"| {statistics.median(r['best_lr'] for r in summaries):.3g} "
-                    f"| {verdict} | {', '.join(f'{lr:.3g}' if math.isfinite(lr) else '-' for lr in at)} |")
+                    f"| {statistics.median(r['best_lr'] for r in summaries):.3g} | {cells[0]} | {cells[1]} |")
     return "\n".join(rows)
 
 
@@ -292,34 +304,37 @@ def epochs_label(history):
     return f"{history['epoch'][-1]} epoch" + "s" * (history["epoch"][-1] != 1)
 
 
-def _group_count(history):
-    return history["config"]["model"]["groups"]
+def group_count(config):
+    """The GroupNorm group count of a run's config: LN is GroupNorm with 1 group, the same computation."""
+    model = config["model"]
+    if model["norm"] not in ("ln", "gn"):
+        raise ValueError(f"a group count needs a GroupNorm or LayerNorm run, not norm={model['norm']!r}")
+    return 1 if model["norm"] == "ln" else model["groups"]
 
 
 def finals_by_group(histories):
-    """{group count: {seed: final test accuracy}} of GroupNorm runs."""
+    """{group count: {seed: final test accuracy}} of GroupNorm (and LayerNorm: 1 group) runs."""
     finals = {}
     for h in histories:
-        finals.setdefault(_group_count(h), {})[h["seed"]] = h["test_acc"][-1]
+        finals.setdefault(group_count(h["config"]), {})[h["seed"]] = h["test_acc"][-1]
     return finals
 
 
+def group_comparisons(histories, study_groups):
+    """The group-count family of the ANALYSIS: each count against the study's `study_groups`, paired by seed."""
+    by_groups = {f"{g} group{'s' * (g > 1)}": accs for g, accs in sorted(finals_by_group(histories).items())}
+    study = f"{study_groups} group{'s' * (study_groups > 1)}"
+    return compare_family(by_groups, [(name, study) for name in by_groups if name != study])
+
+
 def group_table(histories, study_groups):
-    """Markdown: final test accuracy per GroupNorm group count, and the paired difference from `study_groups`."""
-    by_groups = finals_by_group(histories)
-    reference = by_groups.get(study_groups, {})
-    rows = [f"| groups | channels per group (8- / 16-channel layers) | seeds | final test acc | paired difference "
-            f"from {study_groups} groups (p) |", "| --- | --- | --- | --- | --- |"]
-    for groups in sorted(by_groups):
-        accs = by_groups[groups]
-        seeds = sorted(set(accs) & set(reference))
-        cell = "the study's GN" if groups == study_groups else "-"
-        if groups != study_groups and len(seeds) > 1:
-            d, _, _, p = paired_test([accs[s] for s in seeds], [reference[s] for s in seeds])
-            cell = f"{d:+.2f} points (p = {p:.2g})"
-        rows.append(f"| {groups}{' (= LN)' if groups == 1 else ''} | {8 // groups} / {16 // groups} | {len(accs)} "
-                    f"| {mean_sd(list(accs.values()))} | {cell} |")
-    return "\n".join(rows)
+    """Markdown: final test accuracy per GroupNorm group count, then each count against the study's, paired by seed."""
+    rows = ["| groups | channels per group (8- / 16-channel layers) | seeds | final test acc: mean ± sd |",
+            "| --- | --- | --- | --- |"]
+    for groups, accs in sorted(finals_by_group(histories).items()):
+        label = " (= LN)" if groups == 1 else " (the study's GN)" if groups == study_groups else ""
+        rows.append(f"| {groups}{label} | {8 // groups} / {16 // groups} | {len(accs)} | {mean_sd(list(accs.values()))} |")
+    return "\n".join(rows) + "\n\n" + family_table(group_comparisons(histories, study_groups))
 
 
 def near_zero_fraction(model, relative=0.01):
@@ -351,7 +366,7 @@ def regularizer_report(runs):
 
 
 def regularizer_table(report):
-    """Markdown view of regularizer_report: mean +- sd over seeds of each figure and of the train-test gaps."""
+    """Markdown view of regularizer_report: mean ± sd over seeds of each figure and of the train-test gaps."""
     rows = ["| configuration | seeds | near-zero conv weights | clean train acc | test acc "
             "| accuracy gap (train - test) | loss gap (test - train) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in report.items():

@@ -18,27 +18,6 @@ from test_utils import fake_history
 
 # ---------------------------------------------------------------- paired seeds
 
-def test_paired_test_equals_scipy_and_a_hand_computation():
-    a, b = [99.50, 99.58, 99.47, 99.61, 99.55], [99.41, 99.52, 99.44, 99.50, 99.47]
-    difference, t, df, p = stats.paired_test(a, b)
-    d = [x - y for x, y in zip(a, b)]  # 0.09, 0.06, 0.03, 0.11, 0.08
-    mean = sum(d) / 5
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 4)
-    assert difference == pytest.approx(0.074) and df == 4
-    assert t == pytest.approx(mean / (sd / math.sqrt(5)))
-    reference = scipy_stats.ttest_rel(a, b)
-    assert (t, p) == pytest.approx((reference.statistic, reference.pvalue))
-    # the same numbers unpaired: the seed-to-seed spread both sides share hides the difference from Welch's test
-    assert stats.welch_test(a, b)[3] > 0.05 > p
-
-
-def test_paired_test_rejects_unequal_sides_and_has_no_statistic_without_spread():
-    with pytest.raises(ValueError, match="one value per seed on each side, got 3 and 2"):
-        stats.paired_test([1, 2, 3], [1, 2])
-    assert all(math.isnan(v) for v in stats.paired_test([99.5], [99.4])[1:])
-    assert all(math.isnan(v) for v in stats.paired_test([99.5, 99.6], [99.4, 99.5])[1:])  # equal differences
-
-
 def test_paired_by_seed_pairs_runs_by_their_seed_not_their_order():
     histories = [dict(fake_history("A", [99.0]), seed=2), dict(fake_history("A", [98.0]), seed=1),
                  dict(fake_history("B", [97.0]), seed=1), dict(fake_history("B", [96.0]), seed=2),
@@ -51,8 +30,10 @@ def test_the_comparison_table_reports_welch_and_paired_side_by_side():
     histories = [dict(fake_history(name, [98.0, acc]), seed=seed)
                  for name, accs in finals.items() for seed, acc in enumerate(accs, 1)]
     row = stats.comparison_table(histories).splitlines()[-1]
-    assert f"| {scipy_stats.ttest_ind(*finals.values(), equal_var=False).pvalue:.3g} | within seed noise |" in row
-    assert f"| {scipy_stats.ttest_rel(*finals.values()).pvalue:.3g} | **real**: A higher |" in row
+    paired, welch = scipy_stats.ttest_rel(*finals.values()).pvalue, scipy_stats.ttest_ind(*finals.values(),
+                                                                                            equal_var=False).pvalue
+    assert welch > 0.05 > paired  # only the paired test sees it, and only it decides
+    assert row.endswith(f"| {paired:.2g} ({paired:.2g}) | 0.062 | {welch:.2g} | **different**: A higher (by less than ±0.2) |")
 
 
 def test_same_seed_gives_every_normalization_the_same_start_and_the_same_random_stream(tiny):
@@ -113,14 +94,31 @@ def test_smoothed_is_a_bias_corrected_moving_average():
     assert probes.smoothed([1.0, 3.0], beta=0.5) == pytest.approx([1.0, (0.5 * 0.5 + 0.5 * 3.0) / (1 - 0.5 ** 2)])
 
 
-def test_divergence_is_giving_back_half_of_the_best_improvement_or_a_loss_that_is_not_a_number():
-    down_then_up = [2.3] * 20 + [0.5] * 40 + [2.3] * 40
-    step = probes.divergence_step(down_then_up)
-    values = probes.smoothed(down_then_up)
-    assert values[step] > min(values[:step]) + 0.5 * (values[0] - min(values[:step])) >= values[step - 1]
+def test_divergence_is_where_the_loss_leaves_for_good_not_a_spike_it_recovers_from():
+    blow_up = [2.3] * 20 + [0.5] * 40 + [2.3] * 40
+    step = probes.divergence_step(blow_up)
+    values = probes.smoothed(blow_up)
+    midpoint = (values[0] + min(values)) / 2
+    assert values[step - 1] <= midpoint < min(values[step:])  # above the midpoint from here on, and not before
+    spike = [2.3] * 20 + [0.5] * 30 + [5.0] * 10 + [0.4] * 40  # climbs to 3.4, far above the start, then recovers
+    assert max(probes.smoothed(spike)[50:60]) > 2.3 and probes.divergence_step(spike) is None
+    spike_then_blow_up = spike + [2.3] * 30
+    assert probes.divergence_step(spike_then_blow_up) > 100  # the last departure, not the first
     assert probes.divergence_step([2.3] * 50 + [0.3] * 50) is None  # never climbs back
     assert probes.divergence_step([2.3] * 10 + [2.25] * 10 + [2.3] * 10) is None  # never learned: nothing to lose
     assert probes.divergence_step([2.3, 1.0, float("nan")]) == 2
+    assert probes.divergence_step([2.3, 2.3, float("inf")]) == 2  # never learned, then no number: diverged there
+
+
+def test_the_divergence_point_depends_on_the_smoothing_and_both_are_reported():
+    lrs = [10 ** (-3 + k / 20) for k in range(120)]
+    curve = {"name": "LN", "seed": 1, "lr": lrs, "loss": [2.3] * 20 + [0.5] * 60 + [1.8] * 6 + [0.5] * 4 + [2.3] * 30}
+    short, long = probes.divergence_step(curve["loss"]), probes.divergence_step(curve["loss"], probes.LONG_SMOOTHING)
+    assert short != long
+    summary = probes.range_summary(curve)
+    assert (summary["diverged_lr"], summary["diverged_lr_long"]) == (lrs[short], lrs[long])
+    row = probes.divergence_table([curve, dict(curve, seed=2, loss=[2.3] * 20 + [0.5] * 100)]).splitlines()[2]
+    assert row.startswith(f"| LN | 2 | ") and f"({lrs[short]:.3g}, never) |" in row and f"({lrs[long]:.3g}, never) |" in row
 
 
 def test_range_tests_are_stored_and_loaded_not_run_again(tiny, tmp_path, capsys):
@@ -199,16 +197,13 @@ def group_histories(accuracies):
             for groups, accs in accuracies.items() for seed, acc in enumerate(accs, 1)]
 
 
-def test_group_table_gives_each_count_and_its_paired_difference_from_the_study():
+def test_the_group_plot_draws_each_count_s_mean_and_each_seed_paired():
     accuracies = {1: [99.10, 99.20, 99.15], 4: [99.30, 99.35, 99.28], 8: [99.31, 99.33, 99.30]}
-    table = probes.group_table(group_histories(accuracies), study_groups=4)
-    p = scipy_stats.ttest_rel(accuracies[1], accuracies[4]).pvalue
-    assert f"| 1 (= LN) | 8 / 16 | 3 | 99.15% +- 0.05 | -0.16 points (p = {p:.2g}) |" in table
-    assert "| 4 | 2 / 4 | 3 | 99.31% +- 0.04 | the study's GN |" in table
     figure = plots.plot_group_sweep(group_histories(accuracies), study_groups=4)
     mean_line = [line for line in figure.axes[0].lines if line.get_label() == "mean over seeds"][0]
     assert list(mean_line.get_xdata()) == [1, 4, 8]
     assert list(mean_line.get_ydata()) == pytest.approx([99.15, 99.31, 99.3133], abs=1e-3)
+    plots.plt.close(figure)
 
 
 # ---------------------------------------------------------------- BatchNorm at micro-batch 1

@@ -93,15 +93,15 @@ def test_schedule_depends_on_the_step_count_only():
     assert trained[peak] == pytest.approx(0.1) and trained[0] < 0.1 and trained[-1] < 0.001
 
 
-def test_headline_is_the_final_epoch_and_best_is_labelled():
+def test_the_headline_is_the_final_epoch_never_one_picked_on_the_test_set():
     runs = [{"name": "LN", "seed": seed, "params": 1, "epoch": [1, 2, 3], "seconds": [1, 1, 1],
              "train_loss": [1, 1, 1], "train_acc": [95.0, 97.0, 96.0], "test_loss": [1, 1, 1],
              "test_acc": [99.0, 99.6, final]} for seed, final in ((1, 99.3), (2, 99.1))]
     header, _, row = stats.seed_table(runs).splitlines()
     cells = [c.strip() for c in row.split("|")[1:-1]]
     columns = [c.strip() for c in header.split("|")[1:-1]]
-    assert cells[columns.index("final test acc: mean +- sd [95% CI]")].startswith("99.20 +- 0.14%")
-    assert cells[columns.index("best test acc: mean +- sd [95% CI]")].startswith("99.60 +- 0.00%")
+    assert cells[columns.index("final test acc: mean ± sd [95% CI]")].startswith("99.20 ± 0.14%")
+    assert not any("best" in column or "time" in column for column in columns)
 
 
 def test_misclassified_are_deterministic_and_truly_mispredicted(tiny):

@@ -48,31 +48,10 @@ def histories_of(name, finals):
     return [dict(fake_history(name, [98.0, final]), seed=seed) for seed, final in enumerate(finals, 1)]
 
 
-def test_comparison_table_calls_a_difference_real_only_beyond_the_seed_noise():
-    clear = histories_of("A", [99.50, 99.52, 99.54]) + histories_of("B", [99.30, 99.31, 99.33])
-    noisy = histories_of("A", [99.50, 99.40, 99.60]) + histories_of("B", [99.45, 99.55, 99.48])
-    one_seed = histories_of("A", [99.6]) + histories_of("B", [99.4])
-    assert "**real**: A higher" in stats.comparison_table(clear)
-    assert "within seed noise" in stats.comparison_table(noisy)
-    assert "untestable" in stats.comparison_table(one_seed)
-
-
-def test_comparison_table_uses_bonferroni_over_all_pairs():
-    # p is about 0.03 here: real for one pair (threshold 0.05), noise among three configs (threshold 0.05 / 3)
-    a, b = [99.50, 99.55, 99.60, 99.52], [99.45, 99.48, 99.50, 99.44]
-    p = stats.welch_test(a, b)[3]
-    assert 0.05 / 3 < p < 0.05
-    assert "**real**" in stats.comparison_table(histories_of("A", a) + histories_of("B", b))
-    three = histories_of("A", a) + histories_of("B", b) + histories_of("C", [99.0, 99.1, 99.05, 99.02])
-    table = stats.comparison_table(three)
-    assert "real if p < 0.0167" in table
-    assert "| A vs B |" in table and "within seed noise" in table.splitlines()[2]
-
-
-def test_seed_table_shows_mean_sd_and_interval_of_final_and_best():
+def test_seed_table_shows_mean_sd_and_interval_of_the_final_epoch():
     table = stats.seed_table(histories_of("LN", [99.5, 99.7]))
     row = table.splitlines()[2]
-    assert row.startswith("| LN | 2 | 99.60 +- 0.14% [98.33, 100.87] |")  # 99.6 -+ 12.706 * 0.1414 / sqrt(2)
+    assert row == "| LN | 2 | 99.60 ± 0.14% [98.33, 100.87] | 0.0500 |"  # 99.6 -+ 12.706 * 0.1414 / sqrt(2)
     assert "1 seed: no spread" in stats.seed_table(histories_of("GN", [99.5]))
 
 
@@ -85,7 +64,7 @@ def test_metric_plot_draws_the_seed_mean_over_each_seed_and_stays_in_range():
     assert list(mean.get_ydata()) == pytest.approx([98.0, 99.45])
     assert [list(line.get_ydata()) for line in seeds] == [[98.0, 99.0], [98.0, 99.9]]
     assert list(single.get_ydata()) == [98.0, 99.3]  # the single-seed configuration: its own line only
-    # a +-1 sd band would reach 99.45 + 0.64 = 100.09%: above what an accuracy can be; each seed's line cannot
+    # a ±1 sd band would reach 99.45 + 0.64 = 100.09%: above what an accuracy can be; each seed's line cannot
     assert max(max(line.get_ydata()) for line in ax.lines) <= 100
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN", "GN", "thin: each seed; bold: their mean"]
     plots.plt.close(fig)
@@ -113,7 +92,7 @@ def test_micro_batch_table_and_plot_average_seeds_and_mark_diverged_runs(tmp_pat
     table = stats.sweep_table(sweep).splitlines()
     assert table[0] == "| micro-batch | BN | LN |"
     assert table[2] == "| 2 | 97.00% (1 of 2 diverged) | - |"
-    assert table[3] == "| 128 | 99.10% +- 0.14 | 98.70% +- 0.14 |"
+    assert table[3] == "| 128 | 99.10% ± 0.14 | 98.70% ± 0.14 |"
     fig = plots.plot_micro_batch_sweep(sweep, tmp_path / "sweep.png")
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_ylabel() == "final test accuracy (%)"  # as the table: accuracy
@@ -137,7 +116,7 @@ def test_a_run_that_trained_but_fails_at_test_is_averaged_in_and_drawn_below_the
              sweep_history("BN", 128, 99.2), sweep_history("BN", 128, 99.4, 2)]
     assert [stats.diverged(h) or stats.fails_at_test(h) for h in sweep] == [True, True, False, False, False, False]
     assert not any(map(stats.diverged, sweep))
-    assert stats.sweep_table(sweep).splitlines()[2] == "| 1 | 8.00% +- 2.83 (2 of 2 below 50% at test) |"
+    assert stats.sweep_table(sweep).splitlines()[2] == "| 1 | 8.00% ± 2.83 (2 of 2 below 50% at test) |"
     fig = plots.plot_micro_batch_sweep(sweep)
     ax = fig.axes[0]
     bn = next(c for c in ax.containers if c.get_label() == "BN")
@@ -147,12 +126,12 @@ def test_a_run_that_trained_but_fails_at_test_is_averaged_in_and_drawn_below_the
     assert [t.get_text() for t in ax.texts] == ["8.0%"]
     plots.plt.close(fig)
     text = findings.findings(histories_of("BN + L1", [99.5, 99.6]), sweep=sweep, per_image=[98.7, 98.9])
-    assert "- **Micro-batch sweep, BN**: micro-batch 1 8.00% +- 2.83, 128 99.30% +- 0.14; against 128 (Welch, real " \
-           "if p < 0.025): 1 -91.30 points (p = " in text
+    assert "- **Micro-batch sweep, BN**: micro-batch 1 8.00% ± 2.83, 128 99.30% ± 0.14; each size against 128, paired " \
+           "by seed (points): different: micro-batch 1 (-91.30 [" in text
     assert "below 50% at test though training reached 97.1-97.5% (running train accuracy): 2 of 2 at micro-batch 1." \
         in text
-    assert ("- **BN at micro-batch 1**, test accuracy in eval mode (running averages) 8.00% +- 2.83; the same weights "
-            "with each test image normalized by its own statistics, as in training, 98.80% +- 0.14.") in text
+    assert ("- **BN at micro-batch 1**, test accuracy in eval mode (running averages) 8.00% ± 2.83; the same weights "
+            "with each test image normalized by its own statistics, as in training, 98.80% ± 0.14.") in text
 
 
 def test_a_run_is_diverged_when_its_training_loss_is_not_finite_or_its_training_ends_below_half():
@@ -196,9 +175,9 @@ def test_regularizer_table_reports_gaps_as_train_minus_test_accuracy_and_test_mi
     report = {"BN + L1": {"near_zero": [0.10, 0.20], "train_acc": [99.8, 99.9], "test_acc": [99.5, 99.4],
                           "train_loss": [0.010, 0.012], "test_loss": [0.020, 0.018]}}
     row = probes.regularizer_table(report).splitlines()[2]
-    # near-zero 15.0 +- 7.1 %; accuracy gaps 0.3 and 0.5 -> 0.40 +- 0.14; loss gaps 0.010 and 0.006 -> 0.0080 +- 0.0028
-    assert row == ("| BN + L1 | 2 | 15.0% +- 7.1 | 99.85% +- 0.07 | 99.45% +- 0.07 | 0.40 pts +- 0.14 "
-                   "| 0.0080 +- 0.0028 |")
+    # near-zero 15.0 ± 7.1 %; accuracy gaps 0.3 and 0.5 -> 0.40 ± 0.14; loss gaps 0.010 and 0.006 -> 0.0080 ± 0.0028
+    assert row == ("| BN + L1 | 2 | 15.0% ± 7.1 | 99.85% ± 0.07 | 99.45% ± 0.07 | 0.40 pts ± 0.14 "
+                   "| 0.0080 ± 0.0028 |")
 
 
 def test_weight_histogram_plot_has_one_outline_per_configuration(tmp_path):
@@ -215,23 +194,20 @@ def test_findings_are_computed_from_the_histories():
         + histories_of("GN", [99.45, 99.55, 99.48])
     reg = histories_of("BN", [99.49, 99.53, 99.51]) + histories_of("BN + L2", [99.40, 99.60, 99.50])
     sweep = [sweep_history("BN", 2, acc, seed) for seed, acc in enumerate([97.0, 97.4], 1)] \
-        + [sweep_history("BN", 128, acc, seed) for seed, acc in enumerate([99.0, 99.2], 1)]
+        + [sweep_history("BN", 128, acc, seed) for seed, acc in enumerate([99.0, 99.3], 1)]
     text = findings.findings(main, reg, sweep)
-    welch = {(r["a"], r["b"]): r["p"] for r in stats.compare(stats.final_test_accuracies(main))}
-    paired = {(r["a"], r["b"]): r["p"] for r in stats.compare(stats.paired_by_seed(main), test=stats.paired_test)}
-    assert paired["BN + L1", "LN"] == pytest.approx(scipy_stats.ttest_rel([99.50, 99.52, 99.54], [99.30, 99.31, 99.33]).pvalue)
-    assert text.startswith("- **Main study** (final test accuracy, mean +- sd over seeds): BN + L1 99.52% +- 0.02, "
-                           "GN 99.49% +- 0.05, LN 99.31% +- 0.02.")
-    assert (f"BN + L1 vs LN: +0.21 points (Welch p = {welch['BN + L1', 'LN']:.2g}, paired p = "
-            f"{paired['BN + L1', 'LN']:.2g}), a real difference;") in text
-    assert (f"BN + L1 vs GN: +0.03 points (Welch p = {welch['BN + L1', 'GN']:.2g}, paired p = "
-            f"{paired['BN + L1', 'GN']:.2g}), within seed noise;") in text
-    bn_p = scipy_stats.ttest_ind([97.0, 97.4], [99.0, 99.2], equal_var=False).pvalue
-    assert bn_p < 0.05
-    assert (f"- **Micro-batch sweep, BN**: micro-batch 2 97.20% +- 0.28, 128 99.10% +- 0.14; against 128 (Welch, real "
-            f"if p < 0.05): 2 -1.90 points (p = {bn_p:.2g}) real, the rest within seed noise.") in text
-    assert "**Regularizers** (final test accuracy): BN 99.51% +- 0.02, BN + L1 99.52% +- 0.02, BN + L2 99.50% +- 0.10" \
-        in text
+    assert text.startswith(f"- **Main study**: {findings.answer(main)}\n")
+    [bn_l1_ln, *_] = stats.compare_family(stats.finals_by_seed(main))
+    assert bn_l1_ln["p"] == pytest.approx(scipy_stats.ttest_rel([99.50, 99.52, 99.54], [99.30, 99.31, 99.33]).pvalue)
+    low, high = bn_l1_ln["ci95"]
+    assert f"BN + L1 − LN +0.21 [{low:+.2f}, {high:+.2f}] points: different (BN + L1 higher)" in text
+    [two] = stats.sweep_comparisons(sweep)["BN"]
+    assert two["difference"] == pytest.approx(-1.95)
+    assert (f"- **Micro-batch sweep, BN**: micro-batch 2 97.20% ± 0.28, 128 99.15% ± 0.21; each size against 128, "
+            f"paired by seed (points): {'different' if two['verdict'] == 'different' else two['verdict']}: micro-batch 2 "
+            f"({stats.interval(two)}).") in text
+    assert "**Regularizers** (final test accuracy): BN 99.51% ± 0.02, BN + L1 99.52% ± 0.02, BN + L2 99.50% ± 0.10; " \
+           "paired by seed: BN + L1 − BN +0.01 [" in text
 
 
 def test_micro_batch_plot_of_only_diverged_runs_still_draws():
@@ -253,8 +229,9 @@ def test_findings_say_what_the_range_tests_the_group_sweep_and_the_activations_s
                           activations=activations)
     at, lowest = lrs[probes.divergence_step(curves[0]["loss"])], min(probes.smoothed(curves[0]["loss"]))
     assert 0.5 < lowest < 0.55  # the moving average has not quite reached 0.5 after 40 steps
-    assert (f"BN reached a loss of {lowest:.2f} and diverged at lr {at:.3g}; no norm never learned (lowest smoothed "
-            "loss 2.30") in text
-    assert "**GroupNorm group count** (2 epochs, final test accuracy): 1 group 99.10%, 4 groups 99.30%; the study " \
-           "uses 4." in text
+    long = lrs[probes.divergence_step(curves[0]["loss"], probes.LONG_SMOOTHING)]
+    assert (f"BN reached a loss of {lowest:.2f}; it left for good after lr {at:.3g} ({long:.3g} with the longer "
+            "smoothing); no norm never learned (lowest smoothed loss 2.30") in text
+    assert "**GroupNorm group count** (2 epochs, final test accuracy, each count against the study's 4, paired by " \
+           "seed): 1 group − 4 groups -0.20 points: untestable with these seeds." in text
     assert "LN means -0.40 to 0.30, sds 0.80 to 1.10." in text

@@ -1,0 +1,177 @@
+"""The one analysis of every comparison (stats.ANALYSIS): paired by seed, the paired t-test with Holm's correction
+decides, an exact sign-flip test and Welch's test beside it, each difference with its interval, and an equivalence
+margin fixed in advance."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+import findings
+import probes
+import stats
+from test_utils import fake_history
+
+
+def histories_of(name, finals, seeds=None):
+    return [dict(fake_history(name, [98.0, final]), seed=seed)
+            for seed, final in zip(seeds or range(1, len(finals) + 1), finals)]
+
+
+def test_the_paired_difference_equals_scipy_and_a_hand_computation():
+    a, b = [99.50, 99.58, 99.47, 99.61, 99.55], [99.41, 99.52, 99.44, 99.50, 99.47]
+    r = stats.paired_difference(a, b)
+    d = np.subtract(a, b)  # 0.09, 0.06, 0.03, 0.11, 0.08
+    se = d.std(ddof=1) / math.sqrt(5)
+    assert r["n"] == 5 and r["df"] == 4 and r["difference"] == pytest.approx(0.074)
+    assert r["t"] == pytest.approx(0.074 / se)
+    assert r["p"] == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue)
+    assert r["ci95"] == pytest.approx(scipy_stats.t.interval(0.95, 4, loc=0.074, scale=se))
+    assert r["ci90"] == pytest.approx(scipy_stats.t.interval(0.90, 4, loc=0.074, scale=se))
+    assert r["p_welch"] == pytest.approx(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+    # the same numbers unpaired: the seed-to-seed spread both sides share hides the difference from Welch's test
+    assert r["p_welch"] > 0.05 > r["p"]
+
+
+def test_a_paired_comparison_needs_equal_sides_and_has_no_interval_without_spread():
+    with pytest.raises(ValueError, match="one value per seed on each side, got 3 and 2"):
+        stats.paired_difference([1, 2, 3], [1, 2])
+    for a, b in (([99.5], [99.4]), ([99.5, 99.6], [99.4, 99.5])):  # one pair; equal differences
+        r = stats.paired_difference(a, b)
+        assert math.isnan(r["p"]) and all(map(math.isnan, r["ci95"] + r["ci90"]))
+
+
+def test_the_sign_flip_test_is_exact():
+    # |±1 ±2 ±3| >= 6 for 2 of the 8 sign patterns
+    assert stats.sign_flip_p([1, 2, 3]) == 2 / 8
+    assert stats.sign_flip_p([0.1] * 10) == 2 / 1024  # the smallest p with 10 pairs
+    assert stats.sign_flip_p([0.1] * 5) == 2 / 32  # with 5 pairs nothing goes below 0.0625
+    assert stats.sign_flip_p([0.3, -0.1, 0.2, 0.25, -0.05, 0.15]) == pytest.approx(scipy_stats.permutation_test(
+        ([0.3, -0.1, 0.2, 0.25, -0.05, 0.15],), np.mean, permutation_type="samples", n_resamples=np.inf).pvalue)
+    for wrong in ([], [0.1] * 21):
+        with pytest.raises(ValueError, match=f"1 to 20 differences, got {len(wrong)}"):
+            stats.sign_flip_p(wrong)
+
+
+def test_holm_multiplies_the_k_th_smallest_p_by_m_minus_k_and_keeps_the_order():
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3 x 0.01, max(2 x 0.03, 0.03), ...
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    adjusted = stats.holm([0.02, math.nan, 0.04])  # an untestable comparison does not count
+    assert adjusted[0] == pytest.approx(0.04) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
+
+
+def family_of(**sides):
+    return {name: dict(enumerate(values, 1)) for name, values in sides.items()}
+
+
+def test_each_verdict_is_reached_where_the_analysis_says():
+    seed_noise = [0.00, 0.10, -0.08, 0.05, -0.12, 0.07, -0.03, 0.09, -0.06, 0.02]  # what a seed moves both sides by
+    base = [99.50 + x for x in seed_noise]
+
+    def verdict(gaps):
+        return stats.compare_family(family_of(a=[b + g for b, g in zip(base, gaps)], b=base))[0]["verdict"]
+
+    assert verdict([0.30, 0.28, 0.33, 0.31, 0.29, 0.32, 0.30, 0.27, 0.31, 0.30]) == "different"
+    assert verdict([0.02, -0.03, 0.01, 0.04, -0.02, 0.00, 0.03, -0.01, 0.02, -0.04]) == "equivalent"
+    assert verdict([0.40, -0.35, 0.20, -0.30, 0.45, -0.25, 0.10, -0.40, 0.35, -0.05]) == "undecided"
+    assert stats.compare_family(family_of(a=[99.6], b=[99.5]))[0]["verdict"] == "untestable"
+    small = stats.compare_family(family_of(a=[b + 0.05 + g / 100 for b, g in zip(base, range(10))], b=base))[0]
+    assert small["verdict"] == "different" and "(by less than ±0.2)" in stats.verdict_words(small)
+
+
+def test_the_margin_is_a_bound_on_the_90_percent_interval():
+    gaps = [0.15, 0.05, 0.12, 0.08, 0.10, 0.11, 0.09, 0.13, 0.07, 0.10]  # mean 0.10, ci90 about [0.08, 0.12]
+    values = family_of(a=[99.5 + g for g in gaps], b=[99.5] * 10)
+    wide, narrow = (stats.compare_family(values, margin=m)[0] for m in (0.2, 0.1))
+    assert wide["ci90"][1] < 0.2 and narrow["ci90"][1] > 0.1
+    assert stats.verdict_words(wide) == "**different**: a higher (by less than ±0.2)"
+    assert stats.verdict_words(narrow) == "**different**: a higher"
+
+
+def test_holm_is_applied_within_a_family_not_across_it():
+    gaps = [0.06, -0.01, 0.09, -0.03, 0.05, 0.07, -0.02, 0.08, 0.01, 0.02]  # p 0.046: alone it is a difference
+    base = [99.5] * 10
+    alone = stats.compare_family(family_of(a=[b + g for b, g in zip(base, gaps)], b=base))[0]
+    assert 0.05 / 3 < alone["p"] < 0.05 and alone["verdict"] == "different"
+    three = family_of(a=[b + g for b, g in zip(base, gaps)], b=base, c=[b + 0.3 * g for b, g in zip(base, gaps)])
+    results = stats.compare_family(three)  # a vs b, a vs c, b vs c
+    assert [(r["a"], r["b"]) for r in results] == [("a", "b"), ("a", "c"), ("b", "c")]
+    first = results[0]
+    assert first["p"] == pytest.approx(alone["p"]) and first["p_holm"] > 0.05 and first["verdict"] != "different"
+
+
+def test_pairs_are_the_seeds_both_sides_have_whatever_their_order():
+    values = {"a": {2: 99.0, 1: 98.0, 4: 97.0}, "b": {1: 97.5, 2: 98.0, 3: 96.0}}
+    [r] = stats.compare_family(values)
+    assert r["seeds"] == [1, 2] and r["n"] == 2 and r["difference"] == pytest.approx(0.75)  # (0.5 + 1.0) / 2
+
+
+def test_the_table_and_the_answer_say_what_the_family_says():
+    main = histories_of("BN + L1", [99.50, 99.52, 99.54, 99.55, 99.49]) + \
+        histories_of("LN", [99.30, 99.31, 99.33, 99.36, 99.29]) + histories_of("GN", [99.45, 99.75, 99.38, 99.20, 99.70])
+    results = stats.compare_family(stats.finals_by_seed(main))
+    table = stats.comparison_table(main).splitlines()
+    answer = findings.answer(main)
+    assert answer.startswith("Final test accuracy, mean ± sd over 5 seeds: BN + L1 99.52% ± 0.03, GN 99.50% ± 0.23, "
+                             "LN 99.32% ± 0.03.")
+    for r, row in zip(results, table[2:]):
+        low, high = r["ci95"]
+        words = {"different": f"different ({r['a'] if r['difference'] > 0 else r['b']} higher)",
+                 "equivalent": "equivalent within ±0.2", "undecided": "undecided"}[r["verdict"]]
+        assert f"{r['a']} − {r['b']} {r['difference']:+.2f} [{low:+.2f}, {high:+.2f}] points: {words}" in answer
+        assert row.startswith(f"| {r['a']} vs {r['b']} | 5 | {r['difference']:+.2f} [{low:+.2f}, {high:+.2f}] |")
+        assert stats.verdict_words(r) in row
+    assert [r["verdict"] for r in results] == ["different", "undecided", "undecided"]
+
+
+def test_the_notebook_and_the_readme_state_the_analysis_before_the_numbers():
+    from test_notebook import NOTEBOOK, ROOT
+    flat = " ".join(stats.ANALYSIS.split())
+    cells = [" ".join("".join(c["source"]).split()) for c in NOTEBOOK["cells"]]
+    stated = next(i for i, cell in enumerate(cells) if flat in cell)
+    first_table = next(i for i, cell in enumerate(cells) if "stats.seed_table" in cell)
+    assert stated < first_table
+    assert flat in " ".join((ROOT / "README.md").read_text().split())
+
+
+def sweep_run(size, seed, acc, train_acc=None):
+    return {"name": "BN", "micro_batch_size": size, "seed": seed, "test_acc": [acc], "test_loss": [0.05],
+            "train_acc": [train_acc or acc], "train_loss": [0.05 if (train_acc or acc) > 50 else 2.3]}
+
+
+def test_the_micro_batch_family_is_each_size_against_the_largest_and_leaves_diverged_pairs_out():
+    runs = [sweep_run(size, seed, acc) for size, accs in ((8, [99.0, 98.9, 99.1]), (32, [99.2, 99.3, 99.25]),
+                                                           (128, [99.3, 99.31, 99.28])) for seed, acc in enumerate(accs, 1)]
+    runs[0] = sweep_run(8, 1, 9.8)  # seed 1 diverged at micro-batch 8
+    [(name, results)] = stats.sweep_comparisons(runs).items()
+    assert name == "BN" and [(r["a"], r["b"], r["seeds"]) for r in results] == [
+        ("micro-batch 8", "micro-batch 128", [2, 3]), ("micro-batch 32", "micro-batch 128", [1, 2, 3])]
+    assert results[1]["difference"] == pytest.approx((-0.1 - 0.01 - 0.03) / 3)
+    assert results[0]["p_holm"] == pytest.approx(min(1, 2 * min(r["p"] for r in results))) or \
+        results[1]["p_holm"] == pytest.approx(min(1, 2 * min(r["p"] for r in results)))
+
+
+def test_the_regularizer_family_is_each_penalty_against_plain_bn():
+    main = histories_of("BN + L1", [99.50, 99.52, 99.54]) + histories_of("LN", [99.3, 99.3, 99.3])
+    reg = histories_of("BN", [99.49, 99.53, 99.51]) + histories_of("BN + L2", [99.40, 99.60, 99.50])
+    finals, results = findings.regularizer_comparisons(main, reg)
+    assert list(finals) == ["BN", "BN + L1", "BN + L2"]
+    assert [(r["a"], r["b"]) for r in results] == [("BN + L1", "BN"), ("BN + L2", "BN")]
+    assert results[0]["difference"] == pytest.approx(0.01)
+
+
+def test_the_group_family_takes_ln_as_one_group_and_compares_each_count_with_the_study():
+    runs = [dict(fake_history(name, [98.0, acc]), seed=seed, config={"name": name, "model": model})
+            for name, model, accs in (("LN", {"norm": "ln"}, [99.1, 99.2, 99.15]),
+                                      ("GN 4", {"norm": "gn", "groups": 4}, [99.3, 99.35, 99.28]),
+                                      ("GN 8", {"norm": "gn", "groups": 8}, [99.31, 99.33, 99.30]))
+            for seed, acc in enumerate(accs, 1)]
+    assert list(probes.finals_by_group(runs)) == [1, 4, 8]
+    results = probes.group_comparisons(runs, study_groups=4)
+    assert [(r["a"], r["b"]) for r in results] == [("1 group", "4 groups"), ("8 groups", "4 groups")]
+    assert results[0]["p"] == pytest.approx(scipy_stats.ttest_rel([99.1, 99.2, 99.15], [99.3, 99.35, 99.28]).pvalue)
+    table = probes.group_table(runs, study_groups=4)
+    assert "| 1 (= LN) | 8 / 16 | 3 | 99.15% ± 0.05 |" in table and "| 4 (the study's GN) | 2 / 4 | 3 |" in table
+    assert stats.family_table(results) in table
+    with pytest.raises(ValueError, match="not norm='bn'"):
+        probes.group_count({"model": {"norm": "bn"}})
