@@ -4,15 +4,12 @@ import statistics
 
 from probes import group_comparisons, pooled, range_summary, value_range
 from stats import (MARGIN, by_name, compare_family, count_failing_at_test, fails_at_test, final_test_accuracies,
-                   finals_by_seed, interval, mean_sd, sweep_comparisons, sweep_points)
+                   finals_by_seed, interval, mean_sd, sweep_comparisons, sweep_points, verdict_words)
 
 
 def _verdict(result):
-    """The verdict in running text: "different (BN + L1 higher)", "equivalent within ±0.2", "undecided"."""
-    if result["verdict"] == "different":
-        return f"different ({result['a'] if result['difference'] > 0 else result['b']} higher)"
-    return {"equivalent": f"equivalent within ±{result['margin']:g}", "undecided": "undecided",
-            "untestable": "untestable with these seeds"}[result["verdict"]]
+    """The table's verdict in running text: "different: BN + L1 higher", "equivalent within ±0.2", "undecided"."""
+    return verdict_words(result).replace("**", "")
 
 
 def _pair_sentence(result):

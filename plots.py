@@ -6,12 +6,14 @@ import statistics
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import to_rgba
 from matplotlib.figure import SubFigure
 from matplotlib.lines import Line2D
 import torch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator, ScalarFormatter
 
-from probes import divergence_step, epochs_label, finals_by_group, smoothed
+from probes import divergence_step, epochs_label, finals_by_group, shared_statistics, smoothed
 from stats import by_name, common_seeds, paired_by_seed, summarize, sweep_points
 from utils import MNIST_MEAN, MNIST_STD, conv_weights
 
@@ -47,7 +49,7 @@ def plot_micro_batch_sweep(histories, path=None, note=None):
     fail at test) as a triangle there with its mean written beside it: neither sets the scale of the plot.
     """
     points, failed = sweep_points(histories)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7, 5))
     all_sizes = sorted({s for by_size in points.values() for s in by_size})
     for i, (name, by_size) in enumerate(points.items()):
         means = {s: statistics.fmean(values) for s, values in by_size.items() if values}
@@ -66,6 +68,8 @@ def plot_micro_batch_sweep(histories, path=None, note=None):
             ax.axhline(mean, color=f"C{i}", linestyle="--",
                        label=f"{name} at {sizes[0]} (per-sample statistics; band: ±1 sd)")
             ax.axhspan(mean - spread[0], mean + spread[0], color=f"C{i}", alpha=0.07, linewidth=0)
+            ax.annotate(f"{name} (band ±1 sd)", (0.01, mean), xycoords=ax.get_yaxis_transform(), xytext=(0, 3),
+                        textcoords="offset points", color=f"C{i}", fontsize=9, va="bottom")
         elif sizes:
             ax.errorbar(sizes, [a["mean"] for a in accs], yerr=spread, color=f"C{i}", capsize=3, marker="o",
                         markersize=4, label=name)
@@ -79,71 +83,85 @@ def plot_micro_batch_sweep(histories, path=None, note=None):
     ax.set(xlabel="micro-batch: samples per BatchNorm statistic (optimizer batch fixed)",
            ylabel="final test accuracy (%)", title="Micro-batch sensitivity (same steps, same samples)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)  # clear of the data
     return _finish(fig, path, note)
 
 def plot_lr_range(curves, path=None, note=None):
-    """Smoothed training loss against the learning rate (log-log), a line per run, one colour per network; an x where
-    a run diverged."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, (name, runs) in enumerate(by_name(curves).items()):
+    """Smoothed training loss against the learning rate (log-log), one panel per network, a line per seed; where a
+    seed's loss leaves for good (probes.divergence_step) an x on its curve, or a triangle at the top edge when the
+    curve is above the plot there or no longer a number. The y-range spans the curves up to just above their start."""
+    networks = by_name(curves)
+    fig, axes = plt.subplots(2, math.ceil(len(networks) / 2), figsize=(8, 6), sharex=True, sharey=True, squeeze=False)
+    starts = [smoothed(c["loss"])[0] for c in curves]
+    lowest = min(min(v for v in smoothed(c["loss"]) if math.isfinite(v)) for c in curves)
+    bottom, top = 0.8 * lowest, 1.6 * max(starts)
+    for ax, (name, runs) in zip(axes.flat, networks.items()):
         for j, c in enumerate(runs):
-            loss = smoothed(c["loss"])
-            ax.plot(c["lr"], loss, color=f"C{i}", linewidth=1, alpha=0.8, label=name if j == 0 else None)
+            loss, colour = smoothed(c["loss"]), f"C{j}"
+            ax.plot(c["lr"], [min(v, 10 * top) for v in loss], color=colour, linewidth=1, label=f"seed {c['seed']}")
             step = divergence_step(c["loss"])
-            if step is not None and math.isfinite(loss[step]):
-                ax.plot(c["lr"][step], min(loss[step], 10), "x", color=f"C{i}", markersize=8)
+            if step is None:
+                continue
+            if math.isfinite(loss[step]) and loss[step] < top:
+                ax.plot(c["lr"][step], loss[step], "x", color=colour, markersize=9, markeredgewidth=2)
+            else:
+                ax.plot(c["lr"][step], 0.97, "^", color=colour, markersize=8, transform=ax.get_xaxis_transform())
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower left")
+    for ax in axes.flat[len(networks):]:
+        ax.axis("off")
+    ax = axes[0, 0]
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_ylim(top=10)
-    ax.set(xlabel="learning rate (raised exponentially over one epoch)", ylabel="training loss (smoothed, nats)",
-           title="Learning-rate range test (x: diverged)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.set_ylim(bottom, top)
+    ax.yaxis.set_major_formatter(PLAIN)
+    ax.yaxis.set_minor_formatter(PLAIN)
+    fig.supxlabel("learning rate (raised exponentially over one epoch)", fontsize=10)
+    fig.supylabel("training loss (smoothed, nats)", fontsize=10)
+    fig.suptitle("Learning-rate range test (x: the loss leaves for good; ^: it does so above the plot)", fontsize=11)
     return _finish(fig, path, note)
 
 
 def plot_activation_statistics(activations, path=None, note=None):
     """Each channel's (mean, sd) before (top row) and after (bottom row) the normalization, one column per network,
-    one colour per layer; filled circles: trained weights, crosses: at initialization."""
-    names = list(dict.fromkeys(run["name"] for run in activations))
-    fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names) + 1.4, 7), sharex="row", sharey="row",
+    one colour per layer, for the trained weights (the table beside it also has them at initialization)."""
+    trained = [run for run in activations if run["weights"] == "trained"]
+    names = list(dict.fromkeys(run["name"] for run in trained))
+    fig, axes = plt.subplots(2, len(names), figsize=(2.9 * len(names) + 1.3, 6.4), sharex="row", sharey="row",
                              squeeze=False)
-    layers = max(len(run["layers"]) for run in activations)
-    for run in activations:
-        column, trained = names.index(run["name"]), run["weights"] == "trained"
+    layers = max(len(run["layers"]) for run in trained)
+    for run in trained:
+        column = names.index(run["name"])
         for row, side in enumerate(("before", "after")):
             for i, layer in enumerate(run["layers"]):
-                axes[row, column].scatter(layer[f"{side}_mean"], layer[f"{side}_sd"], s=16 if trained else 24,
-                                          alpha=0.8, color=f"C{i}", marker="o" if trained else "+", linewidths=1.2)
+                axes[row, column].scatter(layer[f"{side}_mean"], layer[f"{side}_sd"], s=18, alpha=0.8, color=f"C{i}")
     for column, name in enumerate(names):
-        axes[0, column].set_title(f"{name}: before normalization", fontsize=10)
-        axes[1, column].set_title(f"{name}: after (before scale and shift)", fontsize=10)
+        axes[0, column].set_title(f"{name}: before", fontsize=10)
+        axes[1, column].set_title(f"{name}: after (before scale, shift)", fontsize=10)
         for ax in axes[:, column]:
-            ax.set(xlabel="channel mean over (N, H, W)")
+            ax.set_xlabel("channel mean over (N, H, W)", fontsize=9)
             ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
-        ax.set_ylabel("channel sd over (N, H, W)")
+        ax.set_ylabel("channel sd over (N, H, W)", fontsize=9)
     handles = [Line2D([], [], color=f"C{i}", marker="o", linestyle="", label=f"layer {i + 1}") for i in range(layers)]
-    handles += [Line2D([], [], color="0.3", marker="o", linestyle="", label="trained"),
-                Line2D([], [], color="0.3", marker="+", markersize=9, linestyle="", label="at initialization")]
-    fig.tight_layout(rect=(0, 0, 1 - 1.3 / fig.get_figwidth(), 1))
-    fig.legend(handles=handles, loc="center right", fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.02, 1 - 1.2 / fig.get_figwidth(), 1))
+    fig.legend(handles=handles, loc="center right", fontsize=9, frameon=False, title="trained", title_fontsize=9)
     return _finish(fig, path, note, layout=False)
 
 
 def plot_group_sweep(histories, study_groups, path=None, note=None):
-    """Final test accuracy against the GroupNorm group count: the mean over seeds, a thin line per seed (paired
-    across group counts), the study's group count marked."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    """Final test accuracy against the GroupNorm group count: the mean over seeds, a thin line in its own colour per
+    seed (its runs paired across group counts), the study's group count marked; the legend beside the plot."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     by_groups = finals_by_group(histories)
     counts, seeds = sorted(by_groups), sorted({h["seed"] for h in histories})
-    for seed in seeds:
+    for j, seed in enumerate(seeds):
         xs = [g for g in counts if seed in by_groups[g]]
-        ax.plot(xs, [by_groups[g][seed] for g in xs], color="C2", linewidth=0.8, alpha=0.45, marker=".",
-                label="each seed" if seed == seeds[0] else None)
+        ax.plot(xs, [by_groups[g][seed] for g in xs], color=plt.cm.tab10(j % 10), linewidth=0.9, alpha=0.8,
+                marker=".", label=f"seed {seed}")
     means = [statistics.fmean(by_groups[g].values()) for g in counts]
-    ax.plot(counts, means, color="C2", marker="o", linewidth=2, label="mean over seeds")
+    ax.plot(counts, means, color="black", marker="o", linewidth=2.2, label="mean over seeds")
     ax.axvline(study_groups, color="0.5", linestyle="--", linewidth=1, label=f"the study's GN ({study_groups} groups)")
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -151,23 +169,61 @@ def plot_group_sweep(histories, study_groups, path=None, note=None):
     ax.set(xlabel="GroupNorm groups (1 = LayerNorm; 8 = one channel per group in 8-channel layers)",
            ylabel="final test accuracy (%)", title=f"GroupNorm group count ({epochs_label(histories[0])})")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return _finish(fig, path, note)
 
 
-def plot_weight_histograms(models, path=None, note=None):
-    """Distribution of |w| over all conv weights (pooled over seeds), log-spaced bins, one outline per configuration."""
+def plot_normalization_axes(micro_batch=3, groups=4, path=None):
+    """What BN, ghost BN, LN and GN average over in an (N, C, H x W) activation: one cube per layer, the elements that
+    share the marked element's statistics in colour (probes.shared_statistics: asked of the layers themselves)."""
+    layers = {"BatchNorm\n(the batch)": ("bn", {}),
+              f"ghost BatchNorm\n(micro-batch {micro_batch})": ("bn", {"micro_batch": micro_batch}),
+              "LayerNorm\n(GroupNorm, 1 group)": ("ln", {}), f"GroupNorm\n({groups} groups)": ("gn", {"groups": groups})}
+    fig = plt.figure(figsize=(10, 3.1))
+    for i, (title, (norm, options)) in enumerate(layers.items(), 1):
+        shared = shared_statistics(norm, **options).numpy()
+        ax = fig.add_subplot(1, len(layers), i, projection="3d")
+        ax.voxels(shared, facecolors="#1f77b4", edgecolor="white", linewidth=0.4)
+        n, c, p = shared.shape
+        for x, y, z in ([(0, n), (0, 0), (0, 0)], [(0, n), (c, c), (0, 0)], [(0, n), (0, 0), (p, p)],
+                        [(0, n), (c, c), (p, p)], [(0, 0), (0, c), (0, 0)], [(n, n), (0, c), (0, 0)],
+                        [(0, 0), (0, c), (p, p)], [(n, n), (0, c), (p, p)], [(0, 0), (0, 0), (0, p)],
+                        [(n, n), (0, 0), (0, p)], [(0, 0), (c, c), (0, p)], [(n, n), (c, c), (0, p)]):
+            ax.plot(x, y, z, color="0.4", linewidth=0.8)  # the whole activation's box
+        ax.set_box_aspect(shared.shape)
+        ax.view_init(elev=22, azim=-58)
+        ax.set_axis_off()
+        ax.set_facecolor("none")  # the next panel must not hide this one's labels
+        ax.text(n / 2, -1.2, 0, "N (samples)", fontsize=9, ha="center", va="top")
+        ax.text(n + 0.5, c / 2, -0.5, "C (channels)", fontsize=9, ha="left", va="top")
+        ax.text(-0.6, 0, p / 2, "H × W", fontsize=9, ha="right", va="center")
+        ax.set_title(title, fontsize=10)
+    fig.suptitle("Blue: the elements that one mean and variance are taken over, in an (N, C, H × W) activation "
+                 "(found by asking the study's own layers)", fontsize=10)
+    fig.subplots_adjust(left=0.03, right=0.93, bottom=-0.05, top=0.9, wspace=0.15)
+    return _finish(fig, path, layout=False)
+
+
+def plot_weight_histograms(models, path=None, note=None, relative=0.01):
+    """Distribution of each conv weight's |w| relative to the largest |w| of its layer, pooled over the seeds and the
+    conv layers, log-spaced bins, one outline per configuration; the near-zero threshold (`relative`, as in
+    probes.near_zero_fraction) marked, with the share below it in the legend."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    bins = torch.logspace(-6, 0.5, 60).numpy()
+    bins = torch.logspace(-6, 0, 61).numpy()
     for name, runs in models.items():
-        weights = torch.cat([w.detach().abs().flatten().cpu() for m in runs for w in conv_weights(m)])
+        weights = torch.cat([(w.detach().abs() / w.detach().abs().max()).flatten().cpu()
+                             for m in runs for w in conv_weights(m)])
+        below = 100 * (weights < relative).float().mean().item()
         ax.hist(weights.clamp(min=bins[0]).numpy(), bins=bins, histtype="step", linewidth=1.6,
-                weights=torch.full_like(weights, 100 / len(weights)).numpy(), label=name)
+                weights=torch.full_like(weights, 100 / len(weights)).numpy(), label=f"{name}: {below:.1f}% near zero")
+    ax.axvline(relative, color="0.3", linestyle="--", linewidth=1)
+    ax.annotate(f"near zero: below {relative:g}\nof the layer's largest", (relative, 0.97), ha="right", va="top",
+                xycoords=ax.get_xaxis_transform(), xytext=(-4, 0), textcoords="offset points", fontsize=8)
     ax.set_xscale("log")
-    ax.set(xlabel="|w| of conv weights (values below 1e-6 in the first bin)", ylabel="% of conv weights",
-           title="Weight magnitudes")
+    ax.set(xlabel="|w| / largest |w| of its layer (conv weights; below 1e-6 in the first bin)",
+           ylabel="% of conv weights", title="Weight magnitudes, pooled over seeds and conv layers")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=9, loc="upper left")
     return _finish(fig, path, note)
 
 
@@ -177,7 +233,7 @@ def _finish(fig, path, note=None, layout=True):
     if layout:
         fig.tight_layout()
     if note:
-        fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=7, color="0.4")
+        fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=8, color="0.4")
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=DPI)
@@ -233,7 +289,7 @@ def plot_metric(histories, key, ylabel, title, path=None, ylim=None, ax=None, no
 def plot_train_curves(histories, path=None, note=None):
     """Training loss and training error (running, augmented) of every configuration, side by side, both on log axes:
     after the first epochs the curves differ by a fraction of their value, which a linear axis flattens into one."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     plot_metric(histories, "train_loss", "cross-entropy (nats, log scale)", "Training loss (running mean per epoch)",
                 ax=left, log=True)
     errors = [{**h, "train_error": [100 - a for a in h["train_acc"]]} for h in histories]
@@ -244,8 +300,9 @@ def plot_train_curves(histories, path=None, note=None):
 
 def plot_misclassified(images, mistakes, title, path=None, note=None, fig=None):
     """A 5x2 grid (5 rows, 2 columns) of misclassified digits, each titled with predicted, actual, probability; into
-    `fig` (a subfigure) when given."""
-    fig = fig or plt.figure(figsize=(3.4, 7.2))
+    `fig` (a subfigure) when given. The note sits in a footer of its own, below the last row."""
+    alone = fig is None
+    fig = fig or plt.figure(figsize=(3.4, 7.4), layout="constrained")
     axes = fig.subplots(5, 2)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -256,16 +313,21 @@ def plot_misclassified(images, mistakes, title, path=None, note=None, fig=None):
         ax.set_title(f"predicted {mistakes['predicted'][i]} (p={mistakes['probability'][i]:.2f})\n"
                      f"actual {mistakes['actual'][i]}  #{mistakes['index'][i]}", fontsize=9)
     fig.suptitle(title, fontsize=11)
-    return fig if isinstance(fig, SubFigure) else _finish(fig, path, note)
+    if not alone:
+        return fig
+    if note:
+        fig.supxlabel(note, x=0.995, ha="right", fontsize=8, color="0.4")
+    return _finish(fig, path, layout=False)
 
 
-def plot_misclassified_grids(images, grids, note=None):
-    """The 5x2 grids {title: (mistakes, path)} side by side in one figure, each also saved alone as its PNG `path`."""
-    for title, (mistakes, path) in grids.items():
-        plt.close(plot_misclassified(images, mistakes, title, path, note))
-    fig = plt.figure(figsize=(3.4 * len(grids), 7.2), layout="constrained")
+def plot_misclassified_grids(images, grids, path=None, note=None):
+    """The 5x2 grids {title: (mistakes, path)} side by side in one figure (saved as `path`), each also saved alone as
+    its PNG `path`; the note in a footer of its own, below the digits."""
+    for title, (mistakes, grid_path) in grids.items():
+        plt.close(plot_misclassified(images, mistakes, title, grid_path, note))
+    fig = plt.figure(figsize=(3.4 * len(grids), 7.6), layout="constrained")
     for subfigure, (title, (mistakes, _)) in zip(fig.subfigures(1, len(grids)), grids.items()):
         plot_misclassified(images, mistakes, title, fig=subfigure)
     if note:
-        fig.text(0.995, 0.002, note, ha="right", va="bottom", fontsize=7, color="0.4")
-    return fig
+        fig.supxlabel(note, x=0.995, ha="right", fontsize=8, color="0.4")
+    return _finish(fig, path, layout=False)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Net, pack
+from model import Net, norm_layer, pack
 from stats import by_name, compare_family, family_table, mean_sd
 from store import seed_groups, write_atomically, run_key, training_code_version
 from utils import (conv_weights, device_name, make_optimizer, seed_stream, set_seed, train_epoch,
@@ -224,6 +224,20 @@ def divergence_table(curves):
     return "\n".join(rows)
 
 
+def shared_statistics(norm, shape=(6, 8, 5), groups=4, micro_batch=None, at=(1, 2, 3)):
+    """Which elements of an (N, C, H x W) activation share their mean and variance with the element `at`, asked of the
+    study's own layer (model.norm_layer, in training mode): nudge that one element and see which outputs move. A
+    boolean (N, C, H x W) tensor; what the GroupNorm paper's Figure 2 draws, computed instead of drawn by hand."""
+    layer = norm_layer(norm, shape[1], groups, micro_batch).train()
+    x = torch.randn(shape[0], shape[1], shape[2], 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    nudged = x.clone()
+    nudged[at] += 1.0
+    with torch.no_grad():
+        layer = layer.double()
+        moved = (layer(nudged) - layer(x)).abs() > 1e-9
+    return moved[..., 0]
+
+
 def _standardize(layer, x):
     """What the normalization `layer` computes from its input `x` before its learned scale and shift (batch
     statistics for BN, as in training)."""
@@ -239,7 +253,8 @@ def activation_statistics(model, images):
 
     Forward hooks on a copy of the model in training mode (BN with batch statistics, its running averages left
     alone) with dropout off. Rounded to 4 decimals, so that float noise between machines (the 7th digit) does not
-    change the committed JSON from one execution to the next. Returns [{"channels", "before_mean", "before_sd", "after_mean", "after_sd"}, ...].
+    change the committed JSON from one execution to the next, and without signed zeros (+ 0.0 makes -0.0 0.0).
+    Returns [{"channels", "before_mean", "before_sd", "after_mean", "after_sd"}, ...].
     """
     model = copy.deepcopy(model).train()
     for module in model.modules():
@@ -250,7 +265,7 @@ def activation_statistics(model, images):
     def record(layer, inputs, output):
         x = inputs[0]
         z = _standardize(layer, x)
-        found.append({"channels": x.shape[1], **{key: [round(v, 4) for v in value.tolist()] for key, value in (
+        found.append({"channels": x.shape[1], **{key: [round(v, 4) + 0.0 for v in value.tolist()] for key, value in (
             ("before_mean", x.mean((0, 2, 3))), ("before_sd", x.std((0, 2, 3), correction=0)),
             ("after_mean", z.mean((0, 2, 3))), ("after_sd", z.std((0, 2, 3), correction=0)))}})
 

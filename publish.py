@@ -1,5 +1,5 @@
-"""The publisher's one step: point the notebook's REPOSITORY default and the README's "Open in Colab" badge at this
-clone's GitHub remote `origin` (https or ssh form), so that a copy of the notebook that Colab cannot trace back to
+"""The publisher's one step: point the notebook's REPOSITORY default and the README's Colab line (a badge, where it
+said how to open the notebook from GitHub) at this clone's GitHub remote `origin` (https or ssh form), so that a copy of the notebook that Colab cannot trace back to
 GitHub (a Drive copy, an upload) still finds its repository. A notebook opened from GitHub needs neither.
 Usage: python publish.py [--remote origin] [--branch main]
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 GITHUB = re.compile(r"^(?:https://github\.com/|git@github\.com:|ssh://git@github\.com/)([\w.-]+/[\w.-]+?)(?:\.git)?/?$")
-BADGE = re.compile(r"(https://colab\.research\.google\.com/github/)[^)\s]+(/experiments\.ipynb)")
+COLAB_LINE = re.compile(r"^<!-- colab -->.*$", re.M)  # the README's Colab line: how to open it, then the badge
 SETTING = re.compile(r'(REPOSITORY = \\")[^\\"]*(\\")')  # the setup cell's line, as it stands in the .ipynb's JSON
 
 
@@ -24,6 +24,12 @@ def github_repository(url):
     return found.group(1)
 
 
+def colab_badge(repository, branch="main"):
+    """The README's Colab line once the repository is known: a badge that opens the notebook of `branch` in Colab."""
+    return (f"<!-- colab -->[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"(https://colab.research.google.com/github/{repository}/blob/{branch}/experiments.ipynb)")
+
+
 def publish(root, repository, branch):
     """Write `repository` into the notebook's REPOSITORY default and the README's badge, which opens `branch`."""
     notebook, readme = root / "experiments.ipynb", root / "README.md"
@@ -31,9 +37,9 @@ def publish(root, repository, branch):
     if settings != 1:
         raise ValueError(f"{notebook} has {settings} REPOSITORY settings, not one")
     notebook.write_text(text)
-    text, badges = BADGE.subn(rf"\g<1>{repository}/blob/{branch}\g<2>", readme.read_text())
-    if not badges:
-        raise ValueError(f"{readme} has no Colab badge to point at {repository}")
+    text, badges = COLAB_LINE.subn(colab_badge(repository, branch), readme.read_text())
+    if badges != 1:
+        raise ValueError(f"{readme} has {badges} Colab lines (starting '<!-- colab -->'), not one")
     readme.write_text(text)
 
 

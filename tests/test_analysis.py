@@ -116,8 +116,7 @@ def test_the_table_and_the_answer_say_what_the_family_says():
                              "LN 99.32% ± 0.03.")
     for r, row in zip(results, table[2:]):
         low, high = r["ci95"]
-        words = {"different": f"different ({r['a'] if r['difference'] > 0 else r['b']} higher)",
-                 "equivalent": "equivalent within ±0.2", "undecided": "undecided"}[r["verdict"]]
+        words = stats.verdict_words(r).replace("**", "")
         assert f"{r['a']} − {r['b']} {r['difference']:+.2f} [{low:+.2f}, {high:+.2f}] points: {words}" in answer
         assert row.startswith(f"| {r['a']} vs {r['b']} | 5 | {r['difference']:+.2f} [{low:+.2f}, {high:+.2f}] |")
         assert stats.verdict_words(r) in row

@@ -1,6 +1,8 @@
 """What the normalizations do (issue 10): activation statistics from hooks, the learning-rate range test, the
 paired-seed design and its test, the group-count sweep."""
+import json
 import math
+import re
 
 import pytest
 import torch
@@ -229,3 +231,14 @@ def test_per_image_statistics_are_what_batchnorm_at_micro_batch_1_computes_in_tr
     assert (per_image - running).abs().max() > 0.1
     plain = probes.with_per_image_statistics(Net("bn"))  # a run loaded from the store is a plain BatchNorm net
     assert sum(isinstance(m, nn.InstanceNorm2d) for m in plain.modules()) == 6
+
+
+def test_activation_statistics_hold_no_signed_zeros(mnist):
+    """A mean of ~1e-9 rounds to 0.0 or -0.0 by the float noise of the machine and its thread count: the committed
+    JSON must not flip between them from one execution to the next."""
+    (images, _), _ = mnist
+    torch.manual_seed(0)
+    found = probes.activation_statistics(Net("bn"), images[:256])  # BN's channel means after it: all about 0
+    values = [v for layer in found for v in layer["after_mean"]]
+    assert values.count(0.0) == len(values) and not any(math.copysign(1, v) < 0 for v in values)
+    assert not re.search(r"-0\.0[,\]]", json.dumps(found))

@@ -32,22 +32,20 @@ def test_committed_notebook_holds_an_executed_run_without_errors():
     code_cells = [c for c in NOTEBOOK["cells"] if c["cell_type"] == "code"]
     assert all(c["execution_count"] for c in code_cells)
     assert not any(o["output_type"] == "error" for o in OUTPUTS)
-    # 3 graphs, the 3 grids in one figure, sweep, weights, per-seed pairs, activations, range test, group count
-    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 10
+    # the normalization axes, 3 graphs, the 3 grids in one figure, sweep, weights, per-seed pairs, activations, range
+    # test, group count
+    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 11
 
 
-def test_the_first_cell_states_the_answer_of_the_committed_execution():
-    """The notebook leads with its result: each configuration's final test accuracy, mean ± sd over the seeds, as the
-    committed histories give it."""
-    import stats
+def test_the_first_cell_and_the_readme_state_the_answer_of_the_committed_execution():
+    """The notebook and the README lead with their result, the very sentence findings.answer builds from the committed
+    histories: each configuration's final test accuracy, each pair's interval and verdict."""
+    import findings
     import store
-    first = "".join(NOTEBOOK["cells"][0]["source"])
-    answer = first[:first.index("One small convolutional net")]
-    finals = stats.final_test_accuracies(store.load_histories(ROOT / "images" / "history.json"))
-    for name, values in finals.items():
-        summary = stats.summarize(values)
-        assert f"{name} {summary['mean']:.2f} ± {summary['std']:.2f}%" in answer, name
-    assert f"{len(values)} seeds" in answer
+    answer = findings.answer(store.load_histories(ROOT / "images" / "history.json"))
+    first = " ".join("".join(NOTEBOOK["cells"][0]["source"]).split())
+    assert answer in first[:first.index("One small convolutional net")]
+    assert answer in " ".join((ROOT / "README.md").read_text().split())
 
 
 def test_outputs_are_text_and_png_only():
@@ -100,7 +98,7 @@ def colab(tmp_path, monkeypatch):
     model.py and a committed run store. Runs in an empty folder, as Colab opens a notebook alone."""
     recorded = types.SimpleNamespace(calls=[], mounts=[], drive=tmp_path / "drive")
     module = types.ModuleType("google.colab")
-    module.drive = types.SimpleNamespace(mount=recorded.mounts.append)
+    module.drive = recorded.drive_module = types.SimpleNamespace(mount=recorded.mounts.append)
     monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
     monkeypatch.setitem(sys.modules, "google.colab", module)
     monkeypatch.delenv("RUNS_DIR", raising=False)
@@ -131,6 +129,34 @@ def test_opened_from_github_in_colab_it_clones_that_branch_installs_nothing_pres
     assert Path.cwd() == tmp_path / "bn-ln-gn" and colab.mounts == [str(colab.drive)]
     assert os.environ["RUNS_DIR"] == f"{colab.drive}/MyDrive/bn-ln-gn-runs"
     assert [p.name for p in Path(os.environ["RUNS_DIR"]).iterdir()] == ["entry.json"]  # seeded from the committed store
+
+
+def test_a_branch_with_slashes_is_cloned_whole(colab, monkeypatch):
+    with jupyter_sessions(OPENED_FROM_GITHUB.replace("%2Fdev%2F", "%2Ffeature%2Fgroup-count%2Fv2%2F")) as address:
+        for name, value in address.items():
+            monkeypatch.setenv(name, value)
+        exec(colab.setup, {})
+    assert colab.calls[0] == ["git", "clone", "--depth", "1", "--branch", "feature/group-count/v2",
+                              "https://github.com/someone/bn-ln-gn.git", "bn-ln-gn"]
+
+
+@pytest.mark.parametrize("message", ["mount failed: user declined", "credential propagation was unsuccessful"])
+def test_a_failing_drive_mount_is_one_line_and_the_store_stays_local(colab, capsys, message):
+    def refuse(path):
+        raise ValueError(message)
+
+    colab.drive_module.mount = refuse
+    exec(colab.setup.replace('REPOSITORY = ""', 'REPOSITORY = "someone/bn-ln-gn"'), {})  # no exception: Run all goes on
+    [line] = capsys.readouterr().out.splitlines()
+    assert line == (f"Google Drive not mounted (ValueError: {message}); the run store stays in runs/ on this runtime, "
+                    "so finished runs are lost when it is recycled.")
+    assert "RUNS_DIR" not in os.environ and not colab.drive.exists()
+
+
+def test_the_setup_cell_is_a_collapsed_form_in_colab():
+    cell = next(c for c in NOTEBOOK["cells"] if "REPOSITORY = " in "".join(c["source"]))
+    assert cell["metadata"].get("cellView") == "form"
+    assert re.match(r'# @title .+ \{ display-mode: "form" \}\n', SETUP)
 
 
 @pytest.mark.parametrize("served", [OPENED_FROM_DRIVE, None], ids=["opened from Drive", "no sessions API"])
@@ -215,12 +241,16 @@ def test_a_damaged_mnist_file_stops_the_notebook_with_one_line_naming_it(tmp_pat
     assert "Delete it so that torchvision downloads it again" in first
 
 
-def test_the_readme_colab_badge_is_built_from_the_one_repository_setting():
-    repository = re.search(r'^REPOSITORY = "([^"]*)"', SETUP, re.M).group(1) or "<owner>/<name>"
+def test_the_readme_has_no_dead_colab_link_before_publishing_and_the_badge_after():
+    import publish
+    repository = re.search(r'^REPOSITORY = "([^"]*)"', SETUP, re.M).group(1)
     readme = (ROOT / "README.md").read_text()
-    link = f"https://colab.research.google.com/github/{repository}/blob/main/experiments.ipynb"
-    assert f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({link})" in readme
-    assert set(re.findall(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/", readme)) == {repository}
+    [line] = publish.COLAB_LINE.findall(readme)
+    if repository:
+        assert line == publish.colab_badge(repository)
+    else:  # how to open it from GitHub in Colab, and no link to a placeholder anywhere
+        assert "File → Open notebook → GitHub" in line and "colab.research.google.com/github/" not in readme
+    assert "<owner>" not in readme and "<name>" not in readme
 
 
 def test_a_killed_execution_executed_again_loads_the_finished_runs_and_trains_only_the_rest(tmp_path):
@@ -281,17 +311,20 @@ def test_publish_refuses_a_remote_that_is_not_on_github(tmp_path):
 
 
 def test_executing_twice_from_a_complete_store_writes_the_same_bytes(tmp_path):
-    """What run.py writes from a complete run store is the same at every execution: no execution timestamps, printed
-    text not split by timing, nothing recomputed that float noise could change. A first execution fills the store."""
+    """What run.py writes from a complete run store is the same at every execution, and with another thread count (as
+    on another machine) but for the printed device line: no execution timestamps, printed text not split by timing,
+    nothing recomputed that float noise could change (no signed zeros). A first execution fills the store."""
     env = dict(os.environ, RUNS_DIR=str(tmp_path / "runs"), DATA_DIR=str(ROOT / "data"), SWEEP_MICRO_BATCHES="64",
                LR_TEST_TRAIN_SIZE="256", GROUP_COUNTS="4", GROUP_TRAIN_SIZE="256", SWEEP_TRAIN_SIZE="256")
     written = []
-    for execution in range(3):
+    for execution, threads in enumerate(("2", "2", "1")):
         out = tmp_path / "out"  # the same folders each time: the notebook prints them
         done = subprocess.run([sys.executable, str(ROOT / "run.py"), "--output", str(out / "executed.ipynb")],
-                              env=dict(env, OUTPUT_DIR=str(out / "images")), capture_output=True, text=True, timeout=900)
+                              env=dict(env, OUTPUT_DIR=str(out / "images"), OMP_NUM_THREADS=threads),
+                              capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr
-        written.append({p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+        written.append({p.relative_to(out): re.sub(rb"device: CPU \(\d threads?\)", b"device: CPU", p.read_bytes())
+                        for p in sorted(out.rglob("*")) if p.is_file()})
         shutil.rmtree(out)
     printed = [json.dumps([c.get("outputs") for c in json.loads(files[Path("executed.ipynb")])["cells"]])
                for files in written]

@@ -170,9 +170,9 @@ def test_each_step_uses_the_learning_rate_and_momentum_the_notebook_states(tiny)
     assert "Nesterov momentum cycled 0.95 -> 0.85 -> 0.95" in "".join(parameters["source"])
 
 
-def test_five_seeds_together_dispatch_at_most_a_third_of_the_operators_per_seed_step(mnist):
+def test_seeds_together_dispatch_a_fraction_of_the_operators_per_seed_step(mnist):
     """What a GPU step costs, counted on the CPU: with 5 seeds together each kind's operators per seed-step are at most
-    a third of one seed alone."""
+    a third of one seed alone, with 10 (the study's seeds) at most a sixth."""
     for kind in benchmark.KINDS:
-        alone, together = (benchmark.count_operators(kind, seeds, "cpu", "data") for seeds in (1, 5))
-        assert together / 5 <= alone / 3, kind
+        alone, five, ten = (benchmark.count_operators(kind, seeds, "cpu", "data") for seeds in (1, 5, 10))
+        assert five / 5 <= alone / 3 and ten / 10 <= alone / 6, kind
