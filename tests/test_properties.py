@@ -1,0 +1,231 @@
+"""Promises tested as properties, for every case at once rather than one example each (what mutation testing found
+unguarded): each parameter rule at its first failing value, each run-store check by damage only it catches, the key's
+coverage of the training code function by function, every keyed setting reaching the net, and the cases the study's
+own sizes never make happen."""
+import ast
+import inspect
+import json
+import math
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+
+import model as model_module
+import params
+import probes
+import store
+import utils
+from model import GhostBatchNorm2d, Net
+from test_bad_input import good_parameters
+
+TINY = math.ulp(0.0)  # the smallest positive float: the first value past 0
+
+# name: (values at the edge that pass, the first values past it that fail)
+EDGES = {
+    "EPOCHS": ([1], [0]), "SEEDS": ([1], [0]), "BATCH_SIZE": ([1, 60_000], [0, 60_001]),
+    "MAX_LR": ([TINY], [0.0, math.inf]), "L1_LAMBDA": ([0.0], [-TINY, math.inf]), "L2_LAMBDA": ([0.0], [-TINY, math.inf]),
+    "GN_GROUPS": ([1, 2, 4, 8], [0, 3, 16, True]), "DROPOUT": ([0.0, math.nextafter(1.0, 0.0)], [-TINY, 1.0]),
+    "SWEEP_MICRO_BATCHES": ([[1]], [[0], []]), "SWEEP_TRAIN_SIZE": ([60_000], [60_001]), "SWEEP_EPOCHS": ([1], [0]),
+    "SWEEP_SEEDS": ([1], [0]), "LR_TEST_SEEDS": ([1], [0]), "LR_TEST_TRAIN_SIZE": ([60_000], [60_001]),
+    "LR_TEST_MIN": ([TINY], [0.0]), "LR_TEST_MAX": ([1000.0], [math.inf]), "GROUP_COUNTS": ([[1, 2, 4, 8]], [[16], []]),
+    "GROUP_EPOCHS": ([1], [0]), "GROUP_SEEDS": ([1], [0]), "GROUP_TRAIN_SIZE": ([60_000], [60_001]),
+    "WORKERS": ([0], [-1]), "RETRAIN": ([False, True], [0, 1]), "VERBOSE": ([False, True], [0, 1]),
+    "RUNS_DIR": (["runs"], [""]), "DATA_DIR": (["data"], [""]), "OUTPUT_DIR": (["images"], [""]),
+}
+
+
+def test_every_parameter_rule_has_its_edges_listed():
+    assert set(EDGES) == set(params.PARAMETER_RULES)
+
+
+@pytest.mark.parametrize("name", sorted(EDGES))
+def test_each_parameter_rule_passes_its_edge_and_fails_the_first_value_past_it(name, tmp_path):
+    good, bad = EDGES[name]
+    base = dict(good_parameters(), RUNS_DIR=str(tmp_path / "runs"), OUTPUT_DIR=str(tmp_path / "out"),
+                SWEEP_MICRO_BATCHES=[1], SWEEP_TRAIN_SIZE=60_000, LR_TEST_TRAIN_SIZE=60_000, GROUP_TRAIN_SIZE=60_000)
+    for value in good:
+        params.check_parameters(dict(base, **{name: str(tmp_path / value) if name.endswith("_DIR") and value else value}))
+    for value in bad:
+        with pytest.raises(ValueError, match=rf"parameter {name} = {repr(value).replace('[', '.').replace(']', '.')} "):
+            params.check_parameters(dict(base, **{name: value}))
+
+
+def test_the_rules_between_parameters_fail_at_their_first_value_too():
+    base = good_parameters()
+    params.check_parameters(dict(base, SWEEP_MICRO_BATCHES=[128]))  # a micro-batch may be the whole batch ...
+    with pytest.raises(ValueError, match="cannot exceed BATCH_SIZE"):
+        params.check_parameters(dict(base, SWEEP_MICRO_BATCHES=[129]))  # ... and not one more
+    for name in ("SWEEP_TRAIN_SIZE", "LR_TEST_TRAIN_SIZE", "GROUP_TRAIN_SIZE"):
+        params.check_parameters(dict(base, **{name: 128}))  # one batch is enough ...
+        with pytest.raises(ValueError, match=f"parameter {name} = 127 .* at least one batch"):
+            params.check_parameters(dict(base, **{name: 127}))
+    params.check_parameters(dict(base, LR_TEST_MIN=math.nextafter(100.0, 0.0), LR_TEST_MAX=100.0))
+    with pytest.raises(ValueError, match="LR_TEST_MIN = 100.0 .* must be below LR_TEST_MAX = 100.0"):
+        params.check_parameters(dict(base, LR_TEST_MIN=100.0, LR_TEST_MAX=100.0))
+
+
+# ------------------------------------------------------------------ the run store's checks, each alone
+
+SPEC = store.run_spec({"name": "GN", "model": {"norm": "gn"}}, seed=1, epochs=1, batch_size=64, train_size=256)
+
+
+def test_weights_that_load_but_are_another_run_s_are_caught_by_their_hash_alone(tmp_path, capsys):
+    """Another run's weights file under this entry's name loads without error into the right layout: only the hash
+    in the JSON tells it apart."""
+    other = dict(SPEC, seed=2)
+    store.train_or_load([SPEC, other], tmp_path)
+    entry = json.loads((tmp_path / f"{store.run_key(SPEC)}.json").read_text())
+    theirs = json.loads((tmp_path / f"{store.run_key(other)}.json").read_text())["weights_file"]
+    (tmp_path / entry["weights_file"]).write_bytes((tmp_path / theirs).read_bytes())
+    swapped = Net(**SPEC["model"])
+    swapped.load_state_dict(torch.load(tmp_path / entry["weights_file"], weights_only=True))  # nothing else objects
+    capsys.readouterr()
+    assert store.load_run(tmp_path, SPEC) is None
+    assert f"its weights file {entry['weights_file']} does not match the hash" in capsys.readouterr().out
+
+
+def test_an_entry_renamed_to_another_key_is_caught_by_the_key_check_alone(tmp_path, capsys):
+    """The JSON and its weights are whole and belong together; only the key inside says the file name lies."""
+    store.train_or_load([SPEC], tmp_path)
+    key, other = store.run_key(SPEC), store.run_key(dict(SPEC, seed=2))
+    (tmp_path / f"{key}.json").rename(tmp_path / f"{other}.json")
+    capsys.readouterr()
+    assert store.load_run(tmp_path, dict(SPEC, seed=2)) is None
+    assert f"it holds the run of key {key}, not {other}" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ what the key covers
+
+def _with_a_statement_added(source, name=None):
+    """`source` with `_ = 0` added at the end of the body of function `name` (every function when None)."""
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and name in (None, node.name):
+            node.body.append(ast.parse("_ = 0").body[0])
+    return ast.unparse(tree)
+
+
+def _key_with(monkeypatch, replaced):
+    """The key of SPEC when inspect.getsource returns `replaced[obj]` for the objects in `replaced`."""
+    real = inspect.getsource
+    monkeypatch.setattr(store.inspect, "getsource", lambda obj: replaced.get(obj) or real(obj))
+    store._code_hash.cache_clear()
+    try:
+        return store.run_key(SPEC)
+    finally:
+        monkeypatch.setattr(store.inspect, "getsource", real)
+        store._code_hash.cache_clear()
+
+
+@pytest.mark.parametrize("function", store.TRAINING_CODE, ids=lambda f: f.__name__)
+def test_an_edit_to_any_training_function_changes_every_key(monkeypatch, function):
+    edited = _with_a_statement_added(inspect.getsource(function), function.__name__)
+    assert _key_with(monkeypatch, {function: edited}) != store.run_key(SPEC)
+
+
+MODEL_FUNCTIONS = sorted({node.name for node in ast.walk(ast.parse(inspect.getsource(model_module)))
+                          if isinstance(node, ast.FunctionDef)})
+
+
+@pytest.mark.parametrize("name", MODEL_FUNCTIONS)
+def test_an_edit_to_any_function_of_model_py_changes_every_key(monkeypatch, name):
+    edited = _with_a_statement_added(inspect.getsource(model_module), name)
+    assert _key_with(monkeypatch, {model_module: edited}) != store.run_key(SPEC)
+
+
+def test_a_docstring_edit_anywhere_in_the_training_code_keeps_every_key(monkeypatch):
+    replaced = {f: inspect.getsource(f).replace('"""', '"""Edited. ', 1) for f in store.TRAINING_CODE}
+    replaced[model_module] = inspect.getsource(model_module).replace('"""', '"""Edited. ', 1)
+    assert _key_with(monkeypatch, replaced) == store.run_key(SPEC)
+
+
+# not part of the key, and why: they label a run or load the data, they do not decide its numbers
+NOT_TRAINING = {"device_name": "a label in the history", "count_parameters": "the parameter count, a label",
+                "get_device": "chooses the device, whose type is in the spec"}
+
+
+def test_every_function_the_training_code_calls_is_in_the_key():
+    """A helper of utils.py that train_model reaches but the key leaves out would let the store hand back runs of
+    code that has changed."""
+    in_key = {f.__name__ for f in store.TRAINING_CODE}
+    utils_functions = {name for name, f in vars(utils).items() if inspect.isfunction(f) and f.__module__ == "utils"}
+    called = {node.func.id for f in store.TRAINING_CODE for node in ast.walk(ast.parse(textwrap.dedent(
+        inspect.getsource(f)))) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    missing = (called & utils_functions) - in_key - set(NOT_TRAINING)
+    assert not missing, f"called by the training code but not in store.TRAINING_CODE: {missing}"
+
+
+# ------------------------------------------------------------------ every keyed setting reaches the net
+
+CHANGES = {  # a field of the spec: another value of it
+    "model.norm": ("model", {"norm": "bn"}), "model.groups": ("model", {"norm": "gn", "groups": 2}),
+    "model.dropout": ("model", {"norm": "gn", "dropout": 0.3}), "l1": ("l1", 1e-3), "l2": ("l2", 5e-2),
+    "seed": ("seed", 2), "epochs": ("epochs", 2), "batch_size": ("batch_size", 32), "max_lr": ("max_lr", 0.3),
+    "train_size": ("train_size", 192),
+}
+
+
+def _trained(spec, tmp_path):
+    [key] = store.train_and_store([spec], tmp_path, "data")
+    model, entry = store.load_run(tmp_path, spec)
+    return torch.cat([p.flatten() for p in model.state_dict().values() if p.is_floating_point()]), entry["history"]
+
+
+def test_every_field_of_the_spec_is_covered_here():
+    keyed = set(SPEC) - {"name", "device"}  # the display name keys nothing; one device type can be tested here
+    keyed = (keyed - {"model"}) | {f"model.{k}" for k in ("norm", "groups", "dropout", "micro_batch")}
+    assert keyed == set(CHANGES) | {"micro_batch_size", "model.micro_batch"}
+
+
+@pytest.mark.parametrize("field", sorted(CHANGES))
+def test_every_setting_a_run_is_keyed_by_changes_what_it_computes(tmp_path, field):
+    name, value = CHANGES[field]
+    base = dict(SPEC, model={"norm": "gn", "groups": 4, "dropout": 0.05})
+    changed = dict(base, **{name: value}, **({"micro_batch_size": value} if name == "batch_size" else {}))
+    (weights, history), (other, other_history) = _trained(base, tmp_path / "a"), _trained(changed, tmp_path / "b")
+    assert weights.shape != other.shape or not torch.equal(weights, other), field
+    assert history["train_loss"] != other_history["train_loss"], field
+
+
+def test_the_micro_batch_size_reaches_batchnorm_and_changes_what_it_computes(tmp_path):
+    base = dict(SPEC, model={"norm": "bn", "dropout": 0.0})
+    runs = [_trained(dict(base, micro_batch_size=size), tmp_path / str(size)) for size in (64, 16)]
+    assert not torch.equal(runs[0][0], runs[1][0]) and runs[0][1]["train_loss"] != runs[1][1]["train_loss"]
+    assert runs[1][1]["micro_batch_size"] == 16
+
+
+# ------------------------------------------------------------------ cases the study's sizes never make happen
+
+def test_ghost_batchnorm_s_last_group_of_fewer_samples_is_a_pass_of_its_own():
+    """128 samples in micro-batches of 48: groups of 48, 48 and 32, each normalized by its own statistics, the running
+    averages updated once per group in order, as three passes through nn.BatchNorm2d would."""
+    x = torch.randn(128, 4, 5, 5, dtype=torch.float64)
+    ghost, plain = GhostBatchNorm2d(4, 48).double().train(), nn.BatchNorm2d(4).double().train()
+    with torch.no_grad():
+        for layer in (ghost, plain):
+            layer.weight.copy_(torch.tensor([1.0, 2.0, 0.5, 1.5]))
+            layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+    out = ghost(x)
+    expected = torch.cat([plain(part) for part in (x[:48], x[48:96], x[96:])])
+    assert torch.allclose(out, expected, atol=1e-12)
+    assert torch.allclose(ghost.running_mean, plain.running_mean, atol=1e-12)
+    assert torch.allclose(ghost.running_var, plain.running_var, atol=1e-12)
+    assert ghost.num_batches_tracked.item() == plain.num_batches_tracked.item() == 3
+
+
+def test_range_test_seeds_that_diverge_at_different_steps_keep_their_own_curves(mnist):
+    """Without normalization at learning rates up to 1e9, seed 2 stops being a number at one step and seed 3 at a
+    later one: each curve ends at its own first NaN, the other goes on, and the epoch stops once both have."""
+    specs = [probes.lr_range_spec({"name": "no norm", "model": {"norm": "none"}}, seed, batch_size=64, lr_min=0.5,
+                                  lr_max=1e9, train_size=64 * 60) for seed in (2, 3)]
+    together = probes.lr_range_test(specs, mnist)
+    lengths = [len(c["loss"]) for c in together]
+    assert lengths[0] != lengths[1] and max(lengths) < 60  # different steps; stopped before the epoch's end
+    for curve in together:
+        assert math.isnan(curve["loss"][-1]) and all(map(math.isfinite, curve["loss"][:-1]))
+        assert len(curve["lr"]) == len(curve["loss"])
+    alone = probes.lr_range_test(specs[:1], mnist)[0]  # float32: equal until the learning rate amplifies the last bits
+    assert alone["loss"][:5] == pytest.approx(together[0]["loss"][:5], rel=1e-4)
