@@ -13,7 +13,7 @@ def _verdict(result):
 
 
 def _pair_sentence(result):
-    return f"{result['a']} − {result['b']} {interval(result)} points: {_verdict(result)}"
+    return f"{result['a']} − {result['b']} {interval(result)} points, {_verdict(result)}"
 
 
 def answer(histories):

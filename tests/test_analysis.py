@@ -117,7 +117,7 @@ def test_the_table_and_the_answer_say_what_the_family_says():
     for r, row in zip(results, table[2:]):
         low, high = r["ci95"]
         words = stats.verdict_words(r).replace("**", "")
-        assert f"{r['a']} − {r['b']} {r['difference']:+.2f} [{low:+.2f}, {high:+.2f}] points: {words}" in answer
+        assert f"{r['a']} − {r['b']} {r['difference']:+.2f} [{low:+.2f}, {high:+.2f}] points, {words}" in answer
         assert row.startswith(f"| {r['a']} vs {r['b']} | 5 | {r['difference']:+.2f} [{low:+.2f}, {high:+.2f}] |")
         assert stats.verdict_words(r) in row
     assert [r["verdict"] for r in results] == ["different", "undecided", "undecided"]

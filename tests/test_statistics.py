@@ -200,7 +200,7 @@ def test_findings_are_computed_from_the_histories():
     [bn_l1_ln, *_] = stats.compare_family(stats.finals_by_seed(main))
     assert bn_l1_ln["p"] == pytest.approx(scipy_stats.ttest_rel([99.50, 99.52, 99.54], [99.30, 99.31, 99.33]).pvalue)
     low, high = bn_l1_ln["ci95"]
-    assert f"BN + L1 − LN +0.21 [{low:+.2f}, {high:+.2f}] points: different: BN + L1 higher" in text
+    assert f"BN + L1 − LN +0.21 [{low:+.2f}, {high:+.2f}] points, different: BN + L1 higher" in text
     [two] = stats.sweep_comparisons(sweep)["BN"]
     assert two["difference"] == pytest.approx(-1.95)
     assert (f"- **Micro-batch sweep, BN**: micro-batch 2 97.20% ± 0.28, 128 99.15% ± 0.21; each size against 128, "
@@ -233,5 +233,5 @@ def test_findings_say_what_the_range_tests_the_group_sweep_and_the_activations_s
     assert (f"BN reached a loss of {lowest:.2f}; it left for good after lr {at:.3g} ({long:.3g} with the longer "
             "smoothing); no norm never learned (lowest smoothed loss 2.30") in text
     assert "**GroupNorm group count** (2 epochs, final test accuracy, each count against the study's 4, paired by " \
-           "seed): 1 group − 4 groups -0.20 points: untestable (needs 2+ paired seeds with some spread)." in text
+           "seed): 1 group − 4 groups -0.20 points, untestable (needs 2+ paired seeds with some spread)." in text
     assert "LN means -0.40 to 0.30, sds 0.80 to 1.10." in text
