@@ -14,6 +14,7 @@ class ParameterError(ShortError, ValueError):
 
 
 FROM_ENVIRONMENT = {}  # the parameters from_env took from the environment, so that a run can say it was not the default
+TRUTH = {"0": False, "false": False, "1": True, "true": True}  # what a truth value may be written as (any case)
 
 
 def from_env(name, default):
@@ -24,16 +25,14 @@ def from_env(name, default):
         return default
     try:
         if isinstance(default, bool):
-            if text.lower() not in ("0", "1", "true", "false"):
-                raise ParameterError("not a truth value")
-            value = text.lower() in ("1", "true")
+            value = TRUTH[text.lower()]
         elif isinstance(default, list):
             value = [int(part) for part in text.split(",")]
         else:
-            value = type(default)(text)
-    except ValueError:
+            value = type(default)(text)  # a str parameter takes any text
+    except (KeyError, ValueError):
         kind = {bool: "0, 1, true or false", list: "comma-separated whole numbers", int: "a whole number",
-                float: "a number"}.get(type(default), "a value")
+                float: "a number"}[type(default)]
         raise ParameterError(f"environment variable {name}={text!r} is not {kind}") from None
     FROM_ENVIRONMENT[name] = value
     return value
@@ -106,13 +105,12 @@ def check_writable_folder(name, path):
     can write into, or can be created as one: checked before the data loads, not after the first run has trained."""
     path = Path(path)
     existing = next(p for p in [path, *path.parents] if p.exists())
-    problem = None
+    refused = f"parameter {name} = {str(path)!r} is not allowed: {existing}"
     if not existing.is_dir():
-        problem = f"{existing} is a file, not a folder"
-    elif not _can_write_into(existing):
-        problem = f"{existing} is not writable" + ("" if existing == path else f", so {path} cannot be created there")
-    if problem:
-        raise ParameterError(f"parameter {name} = {str(path)!r} is not allowed: {problem}")
+        raise ParameterError(f"{refused} is a file, not a folder")
+    if not _can_write_into(existing):
+        raise ParameterError(f"{refused} is not writable" + ("" if existing == path else
+                                                              f", so {path} cannot be created there"))
 
 
 def _can_write_into(folder):

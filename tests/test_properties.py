@@ -53,6 +53,13 @@ def test_each_parameter_rule_passes_its_edge_and_fails_the_first_value_past_it(n
             params.check_parameters(dict(base, **{name: value}))
 
 
+@pytest.mark.parametrize("name, allowed", [("EPOCHS", "a whole number from 1"),
+                                           ("BATCH_SIZE", "a whole number from 1 to 60,000")])
+def test_a_whole_number_rule_says_its_range_exactly(name, allowed):
+    with pytest.raises(ValueError, match=f"^parameter {name} = 0 is not allowed: it must be {allowed}$"):
+        params.check_parameters(dict(good_parameters(), **{name: 0}))
+
+
 def test_the_rules_between_parameters_fail_at_their_first_value_too():
     base = good_parameters()
     params.check_parameters(dict(base, SWEEP_MICRO_BATCHES=[128]))  # a micro-batch may be the whole batch ...
@@ -65,6 +72,36 @@ def test_the_rules_between_parameters_fail_at_their_first_value_too():
     params.check_parameters(dict(base, LR_TEST_MIN=math.nextafter(100.0, 0.0), LR_TEST_MAX=100.0))
     with pytest.raises(ValueError, match="LR_TEST_MIN = 100.0 .* must be below LR_TEST_MAX = 100.0"):
         params.check_parameters(dict(base, LR_TEST_MIN=100.0, LR_TEST_MAX=100.0))
+
+
+@pytest.mark.parametrize("text, value", [("0", False), ("false", False), ("FALSE", False), ("1", True), ("true", True),
+                                         ("True", True)])
+def test_every_spelling_of_a_truth_value_is_read_and_nothing_else(monkeypatch, text, value):
+    monkeypatch.setenv("VERBOSE", text)
+    assert params.from_env("VERBOSE", not value) is value
+    monkeypatch.setenv("VERBOSE", text + "x")
+    with pytest.raises(ValueError, match=f"VERBOSE='{text}x' is not 0, 1, true or false"):
+        params.from_env("VERBOSE", not value)
+
+
+def test_a_number_that_does_not_parse_is_named_as_a_number(monkeypatch):
+    monkeypatch.setenv("MAX_LR", "fast")
+    with pytest.raises(ValueError, match="^environment variable MAX_LR='fast' is not a number$"):
+        params.from_env("MAX_LR", 0.1)
+
+
+def test_missing_parameters_are_all_named():
+    values = {k: v for k, v in good_parameters().items() if k not in ("SEEDS", "DROPOUT")}
+    with pytest.raises(ValueError, match="^parameters missing: SEEDS, DROPOUT$"):
+        params.check_parameters(values)
+
+
+def test_an_unwritable_folder_is_named_with_what_could_not_be_created():
+    with pytest.raises(ValueError, match="^parameter RUNS_DIR = '/proc' is not allowed: /proc is not writable$"):
+        params.check_writable_folder("RUNS_DIR", "/proc")
+    with pytest.raises(ValueError, match="^parameter RUNS_DIR = '/proc/a/b' is not allowed: /proc is not writable, so "
+                                         "/proc/a/b cannot be created there$"):
+        params.check_writable_folder("RUNS_DIR", "/proc/a/b")
 
 
 # ------------------------------------------------------------------ the run store's checks, each alone
