@@ -349,7 +349,8 @@ def group_table(histories, study_groups):
     for groups, accs in sorted(finals_by_group(histories).items()):
         label = " (= LN)" if groups == 1 else " (the study's GN)" if groups == study_groups else ""
         rows.append(f"| {groups}{label} | {8 // groups} / {16 // groups} | {len(accs)} | {mean_sd(list(accs.values()))} |")
-    return "\n".join(rows) + "\n\n" + family_table(group_comparisons(histories, study_groups))
+    return ("\n".join(rows) + f"\n\nEach count against the study's {study_groups}, final test accuracy paired by seed:\n\n"
+            + family_table(group_comparisons(histories, study_groups)))
 
 
 def near_zero_fraction(model, relative=0.01):
