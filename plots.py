@@ -1,14 +1,12 @@
 """Every figure of the study: training curves, misclassified digits, seeds, the micro-batch sweep, the range
 test, activations, the group count and the weight magnitudes. Each returns its figure and saves it as PNG when
 given a path."""
+import itertools
 import math
 import statistics
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
-from matplotlib.colors import to_rgba
-from matplotlib.figure import SubFigure
 from matplotlib.lines import Line2D
 import torch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator, ScalarFormatter
@@ -185,11 +183,9 @@ def plot_normalization_axes(micro_batch=3, groups=4, path=None):
         ax = fig.add_subplot(1, len(layers), i, projection="3d")
         ax.voxels(shared, facecolors="#1f77b4", edgecolor="white", linewidth=0.4)
         n, c, p = shared.shape
-        for x, y, z in ([(0, n), (0, 0), (0, 0)], [(0, n), (c, c), (0, 0)], [(0, n), (0, 0), (p, p)],
-                        [(0, n), (c, c), (p, p)], [(0, 0), (0, c), (0, 0)], [(n, n), (0, c), (0, 0)],
-                        [(0, 0), (0, c), (p, p)], [(n, n), (0, c), (p, p)], [(0, 0), (0, 0), (0, p)],
-                        [(n, n), (0, 0), (0, p)], [(0, 0), (c, c), (0, p)], [(n, n), (c, c), (0, p)]):
-            ax.plot(x, y, z, color="0.4", linewidth=0.8)  # the whole activation's box
+        for start, end in itertools.combinations(itertools.product((0, n), (0, c), (0, p)), 2):
+            if sum(u != v for u, v in zip(start, end)) == 1:  # the 12 edges of the whole activation's box
+                ax.plot(*zip(start, end), color="0.4", linewidth=0.8)
         ax.set_box_aspect(shared.shape)
         ax.view_init(elev=22, azim=-58)
         ax.set_axis_off()

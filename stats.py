@@ -62,11 +62,6 @@ def welch_test(a, b):
     return difference, t, df, 2 * float(stats.t.sf(abs(t), df))
 
 
-def final_and_best(history, key="test_acc"):
-    """The last epoch's value and the best epoch's value of `key` (best picked after the fact, so optimistic)."""
-    return history[key][-1], max(history[key])
-
-
 def mean_sd(values, unit="%", digits=2):
     """ "mean ± sd" of `values` for tables and findings; the mean alone for a single value."""
     s = summarize(values)
@@ -184,19 +179,6 @@ def family_table(results, unit="points"):
 
 def _p(p):
     return "-" if math.isnan(p) else f"{p:.2g}"
-
-
-def welch_compare(groups, alpha=ALPHA):
-    """Every pair of {name: [values]} by Welch's test with Bonferroni's threshold: for the pitfall tests and the
-    benchmark of what an unpaired analysis would say; the study's verdicts come from compare_family."""
-    names = list(groups)
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    threshold = alpha / max(1, len(pairs))
-    results = []
-    for a, b in pairs:
-        difference, t, df, p = welch_test(groups[a], groups[b])
-        results.append({"a": a, "b": b, "difference": difference, "t": t, "df": df, "p": p, "threshold": threshold})
-    return results
 
 
 def final_test_accuracies(histories):

@@ -1,5 +1,4 @@
 """Every figure is readable where it is shown, and says what its text says."""
-import json
 import math
 
 import matplotlib.text

@@ -120,7 +120,7 @@ def test_the_divergence_point_depends_on_the_smoothing_and_both_are_reported():
     summary = probes.range_summary(curve)
     assert (summary["diverged_lr"], summary["diverged_lr_long"]) == (lrs[short], lrs[long])
     row = probes.divergence_table([curve, dict(curve, seed=2, loss=[2.3] * 20 + [0.5] * 100)]).splitlines()[2]
-    assert row.startswith(f"| LN | 2 | ") and f"({lrs[short]:.3g}, never) |" in row and f"({lrs[long]:.3g}, never) |" in row
+    assert row.startswith("| LN | 2 | ") and f"({lrs[short]:.3g}, never) |" in row and f"({lrs[long]:.3g}, never) |" in row
 
 
 def test_range_tests_are_stored_and_loaded_not_run_again(tiny, tmp_path, capsys):

@@ -6,7 +6,6 @@ import ast
 import inspect
 import json
 import math
-import sys
 import textwrap
 
 import pytest
