@@ -55,9 +55,8 @@ def test_outputs_are_text_and_png_only():
 
 def test_readme_images_exist():
     readme = (ROOT / "README.md").read_text()
-    for name in ("test_loss", "test_accuracy", "train_curves", "misclassified_bn_l1", "misclassified_ln",
-                 "misclassified_gn", "micro_batch_sweep", "weight_histograms", "per_seed", "activation_statistics", "lr_range",
-                 "group_sweep"):
+    for name in ("test_loss", "test_accuracy", "train_curves", "misclassified", "normalization_axes", "micro_batch_sweep",
+                 "weight_histograms", "per_seed", "activation_statistics", "lr_range", "group_sweep"):
         assert f"images/{name}.png" in readme and (ROOT / "images" / f"{name}.png").stat().st_size > 10_000
 
 
