@@ -18,6 +18,9 @@ from utils import MNIST_MEAN, MNIST_STD, conv_weights
 
 DPI = 150  # sharp on GitHub and nbviewer, where figures are shown at about 900 px
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")  # 0.02 on a log axis, not 2x10^-2
+# minor ticks of a log axis labelled at 2, 3 and 5 times a power of ten only: all eight crowd where a decade is short
+NOTE_BAND = 8 / 72 + 0.05  # inches at the bottom of a figure kept for its note (8-point text and a margin)
+SPARSE = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else "")
 
 
 def trained_on(histories):
@@ -114,8 +117,9 @@ def plot_lr_range(curves, path=None, note=None):
     ax.set_yscale("log")
     ax.set_ylim(bottom, top)
     ax.yaxis.set_major_formatter(PLAIN)
-    ax.yaxis.set_minor_formatter(PLAIN)
-    fig.supxlabel("learning rate (raised exponentially over one epoch)", fontsize=10)
+    ax.yaxis.set_minor_formatter(SPARSE)
+    fig.supxlabel("learning rate (raised exponentially over one epoch)", fontsize=10, y=NOTE_BAND / fig.get_figheight(),
+                  va="bottom")  # above the note's band
     fig.supylabel("training loss (smoothed, nats)", fontsize=10)
     fig.suptitle("Learning-rate range test (x: the loss leaves for good; ^: it does so above the plot)", fontsize=11)
     return _finish(fig, path, note)
@@ -226,8 +230,8 @@ def plot_weight_histograms(models, path=None, note=None, relative=0.01):
 def _finish(fig, path, note=None, layout=True):
     """Lay out (unless the figure did), put `note` (where the runs were trained) in the bottom-right corner, save as
     PNG when `path`."""
-    if layout:
-        fig.tight_layout()
+    if layout:  # with a note, a band at the bottom kept free for it, clear of the axis labels
+        fig.tight_layout(rect=(0, NOTE_BAND / fig.get_figheight() if note else 0, 1, 1))
     if note:
         fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=8, color="0.4")
     if path:

@@ -87,6 +87,23 @@ def test_every_figure_s_smallest_text_is_9_px_or_more_where_the_readme_shows_it(
         plots.plt.close(fig)
 
 
+def test_no_figure_s_note_overprints_another_text(mnist):
+    """The note of where the runs were trained sits in the bottom-right corner, which tight layouts give to the axis
+    labels: its box may touch no other text's (the range test's shared x-label once ran under it)."""
+    for name, fig in figures(mnist).items():
+        fig.canvas.draw()
+        hidden = {id(t) for ax in fig.get_axes() if not ax.axison for t in ax.findobj(matplotlib.text.Text)
+                  if t not in ax.texts and t is not ax.title}  # the tick labels of an axis turned off: never drawn
+        texts = [t for t in fig.findobj(matplotlib.text.Text)
+                 if t.get_visible() and t.get_text().strip() and id(t) not in hidden]
+        notes = [t for t in texts if t.get_text().startswith("trained on")]
+        for note in notes:
+            box = note.get_window_extent()
+            hit = [t.get_text() for t in texts if t is not note and box.overlaps(t.get_window_extent())]
+            assert not hit, f"{name}: the note overprints {hit}"
+        plots.plt.close(fig)
+
+
 def test_the_grid_footer_sits_below_the_digits(mnist):
     fig = figures(mnist)["misclassified"]
     fig.canvas.draw()
