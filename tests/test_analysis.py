@@ -118,7 +118,8 @@ def test_the_table_and_the_answer_say_what_the_family_says():
         low, high = r["ci95"]
         words = stats.verdict_words(r).replace("**", "")
         assert f"{r['a']} − {r['b']} {r['difference']:+.2f} [{low:+.2f}, {high:+.2f}] points, {words}" in answer
-        assert row.startswith(f"| {r['a']} vs {r['b']} | 5 | {r['difference']:+.2f} [{low:+.2f}, {high:+.2f}] |")
+        assert row.startswith(f"| {r['a']} vs {r['b']} | 5 | {r['difference']:+.2f} [{low:+.2f}, {high:+.2f}] | "
+                              f"[{r['ci90'][0]:+.2f}, {r['ci90'][1]:+.2f}] |")
         assert stats.verdict_words(r) in row
     assert [r["verdict"] for r in results] == ["different", "undecided", "undecided"]
 
@@ -174,3 +175,71 @@ def test_the_group_family_takes_ln_as_one_group_and_compares_each_count_with_the
     assert stats.family_table(results) in table
     with pytest.raises(ValueError, match="not norm='bn'"):
         probes.group_count({"model": {"norm": "bn"}})
+
+
+def cells(line):
+    """The cells of one Markdown table row, which must start and end with a pipe."""
+    assert line.startswith("| ") and line.endswith(" |"), f"not a table row: {line!r}"
+    return [cell.strip() for cell in line[2:-2].split(" | ")]
+
+
+def assert_well_formed(table, header):
+    """A Markdown table GitHub renders: the expected header, a separator of as many columns, rows of as many cells."""
+    lines = table.splitlines()
+    assert cells(lines[0]) == header
+    assert lines[1] == "|" + " --- |" * len(header)
+    assert all(len(cells(line)) == len(header) for line in lines[2:])
+
+
+def test_every_table_of_the_analysis_is_well_formed_markdown_with_the_columns_it_promises():
+    main = histories_of("BN + L1", [99.50, 99.52, 99.54]) + histories_of("LN", [99.30, 99.31, 99.36])
+    assert_well_formed(stats.seed_table(main), ["configuration", "seeds", "final test acc: mean ± sd [95% CI]",
+                                                "final test loss (mean)"])
+    assert_well_formed(stats.comparison_table(main), [
+        "comparison", "pairs", "a - b (points) [95% CI]", "90% CI", "paired t p (Holm)", "sign-flip p", "Welch p",
+        "verdict"])
+    assert_well_formed(stats.per_seed_table(main), ["seed", "BN + L1", "LN"])
+    sweep = [sweep_run(size, seed, acc) for size, accs in ((8, [99.0, 98.9]), (128, [99.3, 99.31]))
+             for seed, acc in enumerate(accs, 1)]
+    sweep += [dict(sweep_run(128, seed, acc), name="LN") for seed, acc in ((1, 98.8), (2, 98.9))]
+    assert_well_formed(stats.sweep_table(sweep), ["micro-batch", "BN", "LN"])
+
+
+def test_the_per_seed_table_pairs_the_seeds_every_configuration_has():
+    main = histories_of("BN + L1", [99.50, 99.52, 99.54], seeds=[1, 2, 3]) + \
+        histories_of("LN", [99.30, 99.36], seeds=[3, 1])
+    lines = stats.per_seed_table(main).splitlines()
+    assert lines[2:] == ["| 1 | 99.50% | 99.36% |", "| 3 | 99.54% | 99.30% |"]  # seed 2 has no LN run
+
+
+def test_tables_and_accuracies_read_the_final_epoch_not_another():
+    runs = [dict(fake_history("LN", [97.0, 98.0, 99.0 + seed / 10]), seed=seed) for seed in (1, 2)]
+    assert stats.final_test_accuracies(runs) == {"LN": [99.1, 99.2]}
+    assert stats.seed_table(runs).splitlines()[2].endswith(f"| {0.1 / 3:.4f} |")  # test loss of epoch 3 of 3
+
+
+def test_an_untestable_comparison_shows_dashes_where_there_is_no_interval_or_p():
+    [result] = stats.compare_family(family_of(a=[99.6], b=[99.5]))
+    row = cells(stats.family_table([result]).splitlines()[2])
+    assert row[:4] == ["a vs b", "1", "+0.10", "-"] and row[4] == "- (-)" and row[6] == "-"  # Welch needs 2 a side
+
+
+def test_a_difference_names_the_higher_side_and_the_margin_bound_is_strict():
+    base = [99.5 + x for x in (0.00, 0.10, -0.08, 0.05, -0.12, 0.07, -0.03, 0.09, -0.06, 0.02)]
+    lower = stats.compare_family(family_of(a=[b - 0.3 + g / 100 for g, b in enumerate(base)], b=base))[0]
+    assert lower["verdict"] == "different" and stats.verdict_words(lower) == "**different**: b higher"
+    at_the_margin = dict(lower, ci90=(-0.2, -0.1), margin=0.2)  # a 90% interval touching -margin is not inside it
+    assert stats.verdict_words(at_the_margin) == "**different**: b higher"
+    assert stats.verdict_words(dict(lower, ci90=(0.1, 0.2), margin=0.2, difference=0.15)) == "**different**: a higher"
+
+
+def test_a_run_fails_at_test_below_50_percent_only():
+    assert stats.fails_at_test(sweep_run(1, 1, 49.99, train_acc=97.0))
+    assert not stats.fails_at_test(sweep_run(1, 1, 50.0, train_acc=97.0))
+    assert not stats.fails_at_test(sweep_run(1, 1, 50.5, train_acc=97.0))
+
+
+def test_a_normalization_trained_at_one_micro_batch_only_has_no_micro_batch_family():
+    runs = [sweep_run(size, seed, 99.0 + seed / 10) for size in (8, 128) for seed in (1, 2)]
+    runs += [dict(sweep_run(128, seed, 98.9), name="LN") for seed in (1, 2)]  # the flat reference
+    assert list(stats.sweep_comparisons(runs)) == ["BN"]
