@@ -243,3 +243,34 @@ def test_a_normalization_trained_at_one_micro_batch_only_has_no_micro_batch_fami
     runs = [sweep_run(size, seed, 99.0 + seed / 10) for size in (8, 128) for seed in (1, 2)]
     runs += [dict(sweep_run(128, seed, 98.9), name="LN") for seed in (1, 2)]  # the flat reference
     assert list(stats.sweep_comparisons(runs)) == ["BN"]
+
+
+def test_the_verdict_words_of_an_equivalent_and_an_undecided_pair():
+    base = [99.5 + x for x in (0.00, 0.10, -0.08, 0.05, -0.12, 0.07, -0.03, 0.09, -0.06, 0.02)]
+    equivalent = stats.compare_family(family_of(a=[b + g / 100 for g, b in zip((2, -3, 1, 4, -2, 0, 3, -1, 2, -4),
+                                                                                 base)], b=base))[0]
+    undecided = stats.compare_family(family_of(a=[b + g for g, b in zip(
+        (0.40, -0.35, 0.20, -0.30, 0.45, -0.25, 0.10, -0.40, 0.35, -0.05), base)], b=base))[0]
+    assert stats.verdict_words(equivalent) == "equivalent within ±0.2"
+    assert stats.verdict_words(undecided) == "undecided"
+
+
+def test_the_verdict_edges_p_at_alpha_and_an_interval_touching_the_margin():
+    values = family_of(a=[99.5, 99.6, 99.7], b=[99.4, 99.4, 99.5])
+    [result] = stats.compare_family(values, alpha=stats.compare_family(values)[0]["p_holm"])
+    assert result["verdict"] != "different"  # different needs p below alpha, not equal to it
+    for sides in (dict(a=[0.1, 0.2, 0.3], b=[0.0] * 3), dict(a=[0.0] * 3, b=[0.1, 0.2, 0.3])):
+        low, high = stats.compare_family(family_of(**sides), alpha=1e-9)[0]["ci90"]
+        margin = max(high, -low)  # the interval reaches the margin on one side: it is not inside it
+        assert stats.compare_family(family_of(**sides), alpha=1e-9, margin=margin)[0]["verdict"] == "undecided"
+
+
+def test_holm_caps_at_one_and_welch_works_when_both_sides_spread_alike():
+    assert stats.holm([0.6, 0.7, 0.8]) == [1.0, 1.0, 1.0]
+    difference, t, df, p = stats.welch_test([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])  # equal variances, not zero
+    assert difference == -1.0 and p == pytest.approx(scipy_stats.ttest_ind([1, 2, 3], [2, 3, 4], equal_var=False).pvalue)
+
+
+def test_an_untestable_pair_has_no_t_and_the_sign_flip_test_takes_twenty_pairs():
+    assert math.isnan(stats.paired_difference([99.6], [99.5])["t"])
+    assert stats.sign_flip_p([0.1] * 20) == pytest.approx(2 / 2 ** 20)
