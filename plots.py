@@ -18,8 +18,8 @@ from utils import MNIST_MEAN, MNIST_STD, conv_weights
 
 DPI = 150  # sharp on GitHub and nbviewer, where figures are shown at about 900 px
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")  # 0.02 on a log axis, not 2x10^-2
-# minor ticks of a log axis labelled at 2, 3 and 5 times a power of ten only: all eight crowd where a decade is short
 NOTE_BAND = 8 / 72 + 0.05  # inches at the bottom of a figure kept for its note (8-point text and a margin)
+# minor ticks of a log axis labelled at 2, 3 and 5 times a power of ten only: all eight crowd where a decade is short
 SPARSE = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else "")
 
 

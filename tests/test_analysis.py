@@ -60,20 +60,23 @@ def test_holm_multiplies_the_k_th_smallest_p_by_m_minus_k_and_keeps_the_order():
     assert adjusted[0] == pytest.approx(0.04) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
 
 
+SEED_BASE = [99.5 + x for x in (0.00, 0.10, -0.08, 0.05, -0.12, 0.07, -0.03, 0.09, -0.06, 0.02)]  # per seed, both sides
+UNDECIDED_GAPS = (0.40, -0.35, 0.20, -0.30, 0.45, -0.25, 0.10, -0.40, 0.35, -0.05)  # mean +0.01, spread far past 0.2
+
+
 def family_of(**sides):
     return {name: dict(enumerate(values, 1)) for name, values in sides.items()}
 
 
 def test_each_verdict_is_reached_where_the_analysis_says():
-    seed_noise = [0.00, 0.10, -0.08, 0.05, -0.12, 0.07, -0.03, 0.09, -0.06, 0.02]  # what a seed moves both sides by
-    base = [99.50 + x for x in seed_noise]
+    base = SEED_BASE
 
     def verdict(gaps):
         return stats.compare_family(family_of(a=[b + g for b, g in zip(base, gaps)], b=base))[0]["verdict"]
 
     assert verdict([0.30, 0.28, 0.33, 0.31, 0.29, 0.32, 0.30, 0.27, 0.31, 0.30]) == "different"
     assert verdict([0.02, -0.03, 0.01, 0.04, -0.02, 0.00, 0.03, -0.01, 0.02, -0.04]) == "equivalent"
-    assert verdict([0.40, -0.35, 0.20, -0.30, 0.45, -0.25, 0.10, -0.40, 0.35, -0.05]) == "undecided"
+    assert verdict(UNDECIDED_GAPS) == "undecided"
     assert stats.compare_family(family_of(a=[99.6], b=[99.5]))[0]["verdict"] == "untestable"
     small = stats.compare_family(family_of(a=[b + 0.05 + g / 100 for b, g in zip(base, range(10))], b=base))[0]
     assert small["verdict"] == "different" and "(by less than ±0.2)" in stats.verdict_words(small)
@@ -225,7 +228,7 @@ def test_an_untestable_comparison_shows_dashes_where_there_is_no_interval_or_p()
 
 
 def test_a_difference_names_the_higher_side_and_the_margin_bound_is_strict():
-    base = [99.5 + x for x in (0.00, 0.10, -0.08, 0.05, -0.12, 0.07, -0.03, 0.09, -0.06, 0.02)]
+    base = SEED_BASE
     lower = stats.compare_family(family_of(a=[b - 0.3 + g / 100 for g, b in enumerate(base)], b=base))[0]
     assert lower["verdict"] == "different" and stats.verdict_words(lower) == "**different**: b higher"
     at_the_margin = dict(lower, ci90=(-0.2, -0.1), margin=0.2)  # a 90% interval touching -margin is not inside it
@@ -246,11 +249,10 @@ def test_a_normalization_trained_at_one_micro_batch_only_has_no_micro_batch_fami
 
 
 def test_the_verdict_words_of_an_equivalent_and_an_undecided_pair():
-    base = [99.5 + x for x in (0.00, 0.10, -0.08, 0.05, -0.12, 0.07, -0.03, 0.09, -0.06, 0.02)]
+    base = SEED_BASE
     equivalent = stats.compare_family(family_of(a=[b + g / 100 for g, b in zip((2, -3, 1, 4, -2, 0, 3, -1, 2, -4),
                                                                                  base)], b=base))[0]
-    undecided = stats.compare_family(family_of(a=[b + g for g, b in zip(
-        (0.40, -0.35, 0.20, -0.30, 0.45, -0.25, 0.10, -0.40, 0.35, -0.05), base)], b=base))[0]
+    undecided = stats.compare_family(family_of(a=[b + g for g, b in zip(UNDECIDED_GAPS, base)], b=base))[0]
     assert stats.verdict_words(equivalent) == "equivalent within ±0.2"
     assert stats.verdict_words(undecided) == "undecided"
 
