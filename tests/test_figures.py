@@ -81,12 +81,14 @@ def figures(mnist):
     }
 
 
+@pytest.mark.slow
 def test_every_figure_s_smallest_text_is_9_px_or_more_where_the_readme_shows_it(mnist):
     for name, fig in figures(mnist).items():
         assert smallest_text_px(fig) >= SMALLEST_PX, f"{name}: smallest text {smallest_text_px(fig):.1f} px"
         plots.plt.close(fig)
 
 
+@pytest.mark.slow
 def test_no_figure_s_note_overprints_another_text(mnist):
     """The note of where the runs were trained sits in the bottom-right corner, which tight layouts give to the axis
     labels: its box may touch no other text's (the range test's shared x-label once ran under it)."""
@@ -104,6 +106,7 @@ def test_no_figure_s_note_overprints_another_text(mnist):
         plots.plt.close(fig)
 
 
+@pytest.mark.slow
 def test_the_grid_footer_sits_below_the_digits(mnist):
     fig = figures(mnist)["misclassified"]
     fig.canvas.draw()

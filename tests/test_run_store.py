@@ -28,6 +28,7 @@ def same_weights(a, b):
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_a_loaded_run_has_the_history_and_weights_it_was_trained_with(tmp_path, capsys):
     [(trained, history)] = store.train_or_load([tiny_spec()], tmp_path)
     assert "trained now" in capsys.readouterr().out
@@ -50,6 +51,7 @@ def test_the_display_name_does_not_change_the_key():
     assert store.run_key(tiny_spec(name="GroupNorm")) == store.run_key(tiny_spec())
 
 
+@pytest.mark.slow
 def test_a_changed_spec_trains_anew_and_retrain_forces_it(tmp_path, capsys):
     store.train_or_load([tiny_spec()], tmp_path)
     store.train_or_load([tiny_spec(seed=2)], tmp_path)
@@ -67,6 +69,7 @@ def test_code_changes_change_the_version_but_docstrings_and_comments_do_not():
     assert store._without_docstrings(base) != store._without_docstrings(changed)
 
 
+@pytest.mark.slow
 def test_a_run_from_older_training_code_is_not_reused(tmp_path, capsys, monkeypatch):
     store.train_or_load([tiny_spec()], tmp_path)
     capsys.readouterr()
@@ -82,6 +85,7 @@ def test_a_run_from_older_training_code_is_not_reused(tmp_path, capsys, monkeypa
     assert "trained now" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate json", "garble weights", "delete weights", "wrong key"])
 def test_a_damaged_entry_is_reported_and_trained_again(tmp_path, capsys, damage):
     [(_, history)] = store.train_or_load([tiny_spec()], tmp_path)
@@ -112,6 +116,7 @@ def test_weights_without_their_json_are_an_unfinished_entry_not_a_run(tmp_path):
     assert store.load_run(tmp_path, tiny_spec()) is None
 
 
+@pytest.mark.slow
 def test_a_run_in_a_worker_equals_the_same_run_in_this_process(tmp_path):
     specs = [tiny_spec(), store.run_spec({"name": "BN + L1", "model": {"norm": "bn"}, "l1": 5e-5}, seed=3, epochs=1,
                                          batch_size=64, train_size=512)]
@@ -256,6 +261,7 @@ def test_two_writers_of_one_key_leave_an_entry_whose_json_and_weights_belong_tog
     assert same_weights(model, models[entry["trained_on"]])  # the JSON's writer is the weights' writer
 
 
+@pytest.mark.slow
 def test_an_entry_copied_under_another_key_is_reported_as_such(tmp_path, capsys):
     store.train_or_load([tiny_spec()], tmp_path)
     key, other = store.run_key(tiny_spec()), store.run_key(tiny_spec(seed=2))
@@ -270,6 +276,7 @@ def test_store_files_get_the_permissions_of_any_new_file_not_owner_only(tmp_path
     assert (tmp_path / "entry.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
 
 
+@pytest.mark.slow
 def test_a_file_system_that_refuses_chmod_loses_no_run(tmp_path, monkeypatch, capsys):
     def refuse(path, mode):
         raise PermissionError(1, "Operation not permitted", str(path))

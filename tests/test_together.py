@@ -113,6 +113,7 @@ def test_dropout_masks_come_from_each_copys_own_generator():
         Net("bn", copies=2).draw_from([torch.Generator()])
 
 
+@pytest.mark.slow
 def test_missing_seeds_train_together_and_are_stored_one_seed_each(tmp_path, capsys):
     config = {"name": "GN", "model": {"norm": "gn"}}
     specs = [store.run_spec(config, seed, epochs=1, batch_size=64, train_size=512) for seed in (1, 2, 3)]
@@ -170,6 +171,7 @@ def test_each_step_uses_the_learning_rate_and_momentum_the_notebook_states(tiny)
     assert "Nesterov momentum cycled 0.95 -> 0.85 -> 0.95" in "".join(parameters["source"])
 
 
+@pytest.mark.slow
 def test_seeds_together_dispatch_a_fraction_of_the_operators_per_seed_step(mnist):
     """What a GPU step costs, counted on the CPU: with 5 seeds together each kind's operators per seed-step are at most
     a third of one seed alone, with 10 (the study's seeds) at most a sixth."""
