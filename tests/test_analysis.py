@@ -1,7 +1,9 @@
 """The one analysis of every comparison (stats.ANALYSIS): paired by seed, the paired t-test with Holm's correction
 decides, an exact sign-flip test and Welch's test beside it, each difference with its interval, and an equivalence
 margin fixed in advance."""
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from scipy import stats as scipy_stats
 import findings
 import probes
 import stats
+import store
 from test_utils import fake_history
 
 
@@ -276,3 +279,46 @@ def test_holm_caps_at_one_and_welch_works_when_both_sides_spread_alike():
 def test_an_untestable_pair_has_no_t_and_the_sign_flip_test_takes_twenty_pairs():
     assert math.isnan(stats.paired_difference([99.6], [99.5])["t"])
     assert stats.sign_flip_p([0.1] * 20) == pytest.approx(2 / 2 ** 20)
+
+
+def test_the_committed_findings_are_what_findings_makes_of_the_committed_results():
+    """The notebook's closing findings, every line, recomputed from the JSON its execution wrote beside them."""
+    images = Path(__file__).resolve().parent.parent / "images"
+    notebook = json.loads((images.parent / "experiments.ipynb").read_text())
+    [cell] = [c for c in notebook["cells"] if "".join(c["source"]).startswith("display(Markdown(findings.findings(")]
+    committed = "".join(cell["outputs"][0]["data"]["text/markdown"])
+    load = {name: store.load_histories(images / f"{name}.json") for name in (
+        "history", "regularizer_history", "micro_batch_sweep", "regularizer_report", "lr_range", "group_sweep",
+        "activation_statistics", "per_image_accuracy")}
+    computed = findings.findings(
+        load["history"], load["regularizer_history"], load["micro_batch_sweep"], load["regularizer_report"],
+        load["lr_range"], load["group_sweep"], 4, load["activation_statistics"], load["per_image_accuracy"])
+    assert computed.splitlines() == committed.splitlines()
+
+
+def test_the_answer_ranks_by_mean_accuracy_and_names_every_seed_count():
+    main = histories_of("BN", [99.1, 99.2, 99.15]) + histories_of("GN", [99.3, 99.35, 99.32]) \
+        + histories_of("LN", [99.5, 99.65])
+    assert findings.answer(main).startswith(
+        "Final test accuracy, mean ± sd over 2/3 seeds: LN 99.58% ± 0.11, GN 99.32% ± 0.03, BN 99.15% ± 0.05. Paired "
+        "by seed (95% interval; Holm-corrected paired t-test; margin ±0.2): BN − GN -0.17 [-0.24, -0.11] points, "
+        "different: GN higher; BN − LN -0.43 [-0.74, -0.11] points, undecided; GN − LN ")
+
+
+def test_a_sweep_sentence_groups_undecided_and_untestable_sizes_and_counts_what_diverged_or_fails_at_test():
+    """Micro-batch 1 diverged on every seed, 2 on one (and fails at test on the others), 4 fails at test on one seed,
+    8 spreads too widely to decide, 32 has one seed: what the sentence must say of each."""
+    reference = [99.30, 99.40, 99.35]
+    sweep = [sweep_run(128, seed, acc) for seed, acc in enumerate(reference, 1)]
+    sweep += [sweep_run(1, seed, 10.0) for seed in (1, 2, 3)]
+    sweep += [sweep_run(2, 1, 10.0), sweep_run(2, 2, 20.0, 97.0), sweep_run(2, 3, 30.0, 97.5)]
+    sweep += [sweep_run(4, 1, 40.0, 98.0), sweep_run(4, 2, 99.0), sweep_run(4, 3, 99.1)]
+    sweep += [sweep_run(8, seed, acc + gap) for seed, acc, gap in zip((1, 2, 3), reference, (0.4, -0.35, 0.2))]
+    sweep += [sweep_run(32, 1, 99.2)]
+    text = findings.findings(histories_of("BN", [99.5, 99.6]), sweep=sweep)
+    assert text.splitlines()[1] == (
+        "- **Micro-batch sweep, BN**: micro-batch 1 diverged, 128 99.35% ± 0.05; each size against 128, paired by seed "
+        "(points): undecided: micro-batch 2 (-74.38 [-138.22, -10.53]), micro-batch 4 (-19.98 [-104.57, +64.60]), "
+        "micro-batch 8 (+0.08 [-0.88, +1.05]); untestable: micro-batch 32 (-0.10); below 50% at test though training "
+        "reached 97.0-98.0% (running train accuracy): 2 of 2 at micro-batch 2, 1 of 3 at micro-batch 4; 4 run(s) "
+        "diverged.")
