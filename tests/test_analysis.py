@@ -322,3 +322,17 @@ def test_a_sweep_sentence_groups_undecided_and_untestable_sizes_and_counts_what_
         "micro-batch 8 (+0.08 [-0.88, +1.05]); untestable: micro-batch 32 (-0.10); below 50% at test though training "
         "reached 97.0-98.0% (running train accuracy): 2 of 2 at micro-batch 2, 1 of 3 at micro-batch 4; 4 run(s) "
         "diverged.")
+
+
+def test_the_edges_of_divergence_seed_pairing_and_summaries():
+    """50% running train accuracy is trained (below it is diverged), every diverged run of a size is counted, no
+    histories have no common seeds, pairing reads the key it is given, an empty summary names itself."""
+    assert not stats.diverged(sweep_run(8, 1, 50.0)) and stats.diverged(sweep_run(8, 1, 49.99))
+    runs = [sweep_run(8, seed, 10.0) for seed in (1, 2)] + [sweep_run(8, 3, 99.0)]
+    assert stats.sweep_points(runs) == ({"BN": {8: [99.0]}}, {("BN", 8): 2})
+    assert stats.common_seeds([]) == [] and stats.paired_by_seed([]) == {}
+    runs = histories_of("A", [99.0, 99.2]) + histories_of("B", [99.1, 99.3])
+    assert stats.paired_by_seed(runs, "train_loss") == {"A": [0.25, 0.25], "B": [0.25, 0.25]}
+    assert stats.paired_by_seed(runs) == {"A": [99.0, 99.2], "B": [99.1, 99.3]}
+    with pytest.raises(ValueError, match="^summarize needs at least one value$"):
+        stats.summarize([])
