@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import store
 import utils
 
 
@@ -22,3 +23,9 @@ def tiny(mnist):
 def seeded():
     """Every test starts from the same random state, so a pass or a failure repeats."""
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_store(monkeypatch, tiny):
+    """The run store trains on `tiny` in this process: its tests need real runs, not a pass over 10,000 test digits."""
+    monkeypatch.setattr(store, "cached_mnist", lambda root, device: tiny)

@@ -108,7 +108,7 @@ def test_an_unwritable_folder_is_named_with_what_could_not_be_created():
 SPEC = store.run_spec({"name": "GN", "model": {"norm": "gn"}}, seed=1, epochs=1, batch_size=64, train_size=256)
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_store")
 def test_weights_that_load_but_are_another_run_s_are_caught_by_their_hash_alone(tmp_path, capsys):
     """Another run's weights file under this entry's name loads without error into the right layout: only the hash
     in the JSON tells it apart."""
@@ -124,7 +124,7 @@ def test_weights_that_load_but_are_another_run_s_are_caught_by_their_hash_alone(
     assert f"its weights file {entry['weights_file']} does not match the hash" in capsys.readouterr().out
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_store")
 def test_an_entry_renamed_to_another_key_is_caught_by_the_key_check_alone(tmp_path, capsys):
     """The JSON and its weights are whole and belong together; only the key inside says the file name lies."""
     store.train_or_load([SPEC], tmp_path)
@@ -218,7 +218,7 @@ def test_every_field_of_the_spec_is_covered_here():
     assert keyed == set(CHANGES) | {"micro_batch_size", "model.micro_batch"}
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_store")
 @pytest.mark.parametrize("field", sorted(CHANGES))
 def test_every_setting_a_run_is_keyed_by_changes_what_it_computes(tmp_path, field):
     name, value = CHANGES[field]
@@ -229,7 +229,7 @@ def test_every_setting_a_run_is_keyed_by_changes_what_it_computes(tmp_path, fiel
     assert history["train_loss"] != other_history["train_loss"], field
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_store")
 def test_the_micro_batch_size_reaches_batchnorm_and_changes_what_it_computes(tmp_path):
     base = dict(SPEC, model={"norm": "bn", "dropout": 0.0})
     runs = [_trained(dict(base, micro_batch_size=size), tmp_path / str(size)) for size in (64, 16)]

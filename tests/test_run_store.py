@@ -28,7 +28,7 @@ def same_weights(a, b):
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_store")
 def test_a_loaded_run_has_the_history_and_weights_it_was_trained_with(tmp_path, capsys):
     [(trained, history)] = store.train_or_load([tiny_spec()], tmp_path)
     assert "trained now" in capsys.readouterr().out
@@ -51,7 +51,7 @@ def test_the_display_name_does_not_change_the_key():
     assert store.run_key(tiny_spec(name="GroupNorm")) == store.run_key(tiny_spec())
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_store")
 def test_a_changed_spec_trains_anew_and_retrain_forces_it(tmp_path, capsys):
     store.train_or_load([tiny_spec()], tmp_path)
     store.train_or_load([tiny_spec(seed=2)], tmp_path)
@@ -69,7 +69,7 @@ def test_code_changes_change_the_version_but_docstrings_and_comments_do_not():
     assert store._without_docstrings(base) != store._without_docstrings(changed)
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_store")
 def test_a_run_from_older_training_code_is_not_reused(tmp_path, capsys, monkeypatch):
     store.train_or_load([tiny_spec()], tmp_path)
     capsys.readouterr()
@@ -85,7 +85,7 @@ def test_a_run_from_older_training_code_is_not_reused(tmp_path, capsys, monkeypa
     assert "trained now" in capsys.readouterr().out
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_store")
 @pytest.mark.parametrize("damage", ["truncate json", "garble weights", "delete weights", "wrong key"])
 def test_a_damaged_entry_is_reported_and_trained_again(tmp_path, capsys, damage):
     [(_, history)] = store.train_or_load([tiny_spec()], tmp_path)
@@ -261,7 +261,7 @@ def test_two_writers_of_one_key_leave_an_entry_whose_json_and_weights_belong_tog
     assert same_weights(model, models[entry["trained_on"]])  # the JSON's writer is the weights' writer
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_store")
 def test_an_entry_copied_under_another_key_is_reported_as_such(tmp_path, capsys):
     store.train_or_load([tiny_spec()], tmp_path)
     key, other = store.run_key(tiny_spec()), store.run_key(tiny_spec(seed=2))
@@ -276,7 +276,7 @@ def test_store_files_get_the_permissions_of_any_new_file_not_owner_only(tmp_path
     assert (tmp_path / "entry.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_store")
 def test_a_file_system_that_refuses_chmod_loses_no_run(tmp_path, monkeypatch, capsys):
     def refuse(path, mode):
         raise PermissionError(1, "Operation not permitted", str(path))
@@ -301,3 +301,58 @@ def test_the_code_is_read_the_same_way_on_every_python_so_stored_runs_keep_their
     for path in files:
         tree = ast.parse(path.read_text())
         assert store._dump(tree) == ast.dump(tree, **own_form).replace(", type_params=[]", ""), path.name
+
+
+def test_a_run_s_log_line_and_a_call_s_summary_say_exactly_what_ran_where():
+    spec = tiny_spec(seed=3, micro_batch_size=16)
+    entry = {"history": {"test_acc": [97.123, 98.456]}, "trained_at": "2026-12-07 10:00:00",
+             "trained_on": "CPU (1 thread)", "seconds": 12.6}
+    assert store.describe_run(spec, entry, trained_now=True) == \
+        "      GN seed 3: final test acc  98.46% | trained now on CPU (1 thread), 13 s"
+    assert store.describe_run(spec, entry, trained_now=False, micro_batch=True) == (
+        "      GN micro-batch  16 seed 3: final test acc  98.46% | loaded from the store (trained 2026-12-07 10:00:00 "
+        "on CPU (1 thread), 13 s)")
+    entries = [(None, dict(entry, trained_on=where, seconds=s)) for where, s in (("GPU", 5.2), ("CPU", 7.0), ("CPU", 1))]
+    assert store.summary(entries, trained=1) == \
+        "3 runs: 2 loaded from the store, 1 trained now; trained on CPU and GPU, 13 s of training in all"
+    assert store.summary(entries[1:], trained=0) == \
+        "2 runs: 2 loaded from the store; trained on CPU, 8 s of training in all"
+
+
+def test_a_cpu_trains_one_seed_per_worker_and_a_gpu_every_seed_in_one():
+    assert store.default_workers("cpu") == (os.cpu_count() or 1) and store.default_workers("cuda") == 1
+    assert store.default_together("cpu") == 1 and store.default_together("cuda") is None
+    assert store.default_workers(torch.device("cuda", 0)) == 1 and store.default_together(torch.device("cuda", 0)) is None
+
+
+def test_train_or_load_trains_what_is_missing_stores_it_and_says_so_line_by_line(tmp_path, monkeypatch, capsys, tiny):
+    """In this process on 128 training and 256 test digits: the first call trains three runs in two groups (two seeds
+    together, BN at a micro-batch alone) with a progress bar on stdout and a line per run, the second loads them and
+    says so in one line, `retrain` trains them again; every call returns the stored runs in the order asked."""
+    monkeypatch.setattr(store, "cached_mnist", lambda root, device: tiny)
+    specs = [tiny_spec(seed=2, train_size=128), tiny_spec(seed=1, train_size=128),
+             tiny_spec(seed=1, train_size=128, micro_batch_size=32, name="BN", model={"norm": "bn"})]
+    first = store.train_or_load(specs, tmp_path, together=None)
+    out = capsys.readouterr().out
+    bar = out.split("\n")[-2].split("\r")[-1]
+    assert bar.startswith("training 3 runs in 2 group(s) on 1 worker(s): 100%|####") and len(bar) == 110, bar
+    assert " 3/3 [" in bar and ("run/s]" in bar or "s/run]" in bar)
+    entries = [json.loads((tmp_path / f"{store.run_key(spec)}.json").read_text()) for spec in specs]
+    lines = [store.describe_run(spec, entry, trained_now=True, micro_batch=True) for spec, entry in zip(specs, entries)]
+    assert sorted(segment.split("\r")[-1] for segment in out.split("\n")[:-2]) == sorted(lines)
+    assert [h["seed"] for _, h in first] == [2, 1, 1] and [h["micro_batch_size"] for _, h in first] == [64, 64, 32]
+    assert [h for _, h in first] == [dict(e["history"], name=e["spec"]["name"], trained_on=stored_on(e)) for e in entries]
+
+    second = store.train_or_load(specs, tmp_path, verbose=False)
+    seconds, alone = sum(e["seconds"] for e in entries), entries[2]["trained_on"]  # the two seeds: "..., 2 seeds together"
+    assert capsys.readouterr().out == f"3 runs: 3 loaded from the store; trained on {alone} and {alone}, 2 seeds " \
+                                      f"together, {seconds:.0f} s of training in all\n"
+    assert all(same_weights(a, b) for (a, _), (b, _) in zip(first, second))
+    assert [h for _, h in second] == [h for _, h in first]
+
+    store.train_or_load(specs[:1], tmp_path, retrain=True, verbose=False)
+    assert capsys.readouterr().out.split("\n")[-2].startswith("1 runs: 0 loaded from the store, 1 trained now; ")
+
+
+def stored_on(entry):
+    return f"{entry['trained_on']}, torch {entry['torch']}"
