@@ -1,8 +1,11 @@
 """The run store and the parallel runs: a stored run is the run that was trained, reused only when nothing that
 decides its numbers has changed, and a worker's run equals the same run in this process."""
+import hashlib
 import inspect
+import io
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -356,3 +359,95 @@ def test_train_or_load_trains_what_is_missing_stores_it_and_says_so_line_by_line
 
 def stored_on(entry):
     return f"{entry['trained_on']}, torch {entry['torch']}"
+
+
+class NotAStateDict(dict):
+    """A dict of the right tensors, pickled as a class of its own: what a crafted weights file can hold."""
+
+
+def test_a_saved_entry_is_exactly_what_it_promises_and_loads_onto_the_device_asked(tmp_path):
+    """The JSON (one-space indented) holds the key, spec, code version, where and when, seconds, torch, the weights
+    file `<key>.<16 hex of its sha256>.pt` and the history; a store folder is made with its parents; a run loads onto
+    the device asked, under the display name asked (the name keys nothing)."""
+    history = {"seconds": [1.25, 2.5], "test_acc": [97.0]}
+    key = store.save_run(tmp_path / "a" / "b", tiny_spec(), Net("gn"), history, "CPU (1 thread)")
+    path = tmp_path / "a" / "b" / f"{key}.json"
+    entry = json.loads(path.read_text())
+    assert path.read_text() == json.dumps(entry, indent=1)
+    weights = (path.parent / entry["weights_file"]).read_bytes()
+    digest = hashlib.sha256(weights).hexdigest()
+    assert entry == {"key": key, "spec": tiny_spec(), "code_version": store.training_code_version(),
+                     "trained_on": "CPU (1 thread)", "trained_at": entry["trained_at"], "seconds": 3.75,
+                     "torch": torch.__version__, "weights_file": f"{key}.{digest[:16]}.pt", "weights_sha256": digest,
+                     "history": history}
+    assert re.fullmatch(r"20\d\d-[01]\d-[0-3]\d [0-2]\d:[0-5]\d:[0-5]\d", entry["trained_at"])
+    model, loaded = store.load_run(path.parent, dict(tiny_spec(), name="GN, 4 groups"), device="meta")
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert loaded["history"]["name"] == "GN, 4 groups"
+    assert loaded["history"]["trained_on"] == f"CPU (1 thread), torch {torch.__version__}"
+
+
+def test_a_weights_file_that_would_run_code_is_refused_even_with_its_hash(tmp_path, capsys):
+    """torch.load with weights_only: a pickle of another class is not unpickled, though the JSON vouches for it."""
+    key = store.save_run(tmp_path, tiny_spec(), Net("gn"), {"seconds": [1.0]}, "CPU")
+    path = tmp_path / f"{key}.json"
+    entry = json.loads(path.read_text())
+    buffer = io.BytesIO()
+    torch.save(NotAStateDict(Net("gn").state_dict()), buffer)
+    (tmp_path / entry["weights_file"]).write_bytes(buffer.getvalue())
+    path.write_text(json.dumps(dict(entry, weights_sha256=hashlib.sha256(buffer.getvalue()).hexdigest())))
+    assert store.load_run(tmp_path, tiny_spec()) is None
+    out = capsys.readouterr().out
+    assert out.startswith(f"run store: entry {path} is unreadable (UnpicklingError: ") and "NotAStateDict" in out
+    assert out.endswith("); training it again\n")
+
+
+def test_a_renamed_entry_s_message_names_both_keys_and_what_happens_next(tmp_path, capsys):
+    key = store.save_run(tmp_path, tiny_spec(), Net("gn"), {"seconds": [1.0]}, "CPU")
+    other = store.run_key(tiny_spec(seed=2))
+    (tmp_path / f"{key}.json").rename(tmp_path / f"{other}.json")
+    assert store.load_run(tmp_path, tiny_spec(seed=2)) is None
+    assert capsys.readouterr().out == (
+        f"run store: entry {tmp_path / f'{other}.json'} is unreadable (ValueError: it holds the run of key {key}, not "
+        f"{other}: copied or renamed from another entry); training it again\n")
+
+
+def test_a_temporary_file_exactly_as_old_as_the_limit_is_kept(tmp_path, monkeypatch):
+    tmp = tmp_path / ".x.json.1.tmp"
+    tmp.write_bytes(b"")
+    os.utime(tmp, (1_000_000, 1_000_000))
+    monkeypatch.setattr(store.time, "time", lambda: 1_000_000 + store.STALE_AFTER_SECONDS)
+    store.remove_stale_temporaries(tmp_path)
+    assert tmp.exists()
+    monkeypatch.setattr(store.time, "time", lambda: 1_000_001 + store.STALE_AFTER_SECONDS)
+    store.remove_stale_temporaries(tmp_path)
+    assert not tmp.exists()
+
+
+def test_a_spec_s_defaults_are_the_study_s():
+    assert store.run_spec({"name": "LN"}, 3, 20) == {
+        "name": "LN", "model": {}, "l1": 0.0, "l2": 0.0, "seed": 3, "epochs": 20, "batch_size": 128,
+        "micro_batch_size": 128, "max_lr": 0.1, "train_size": 60_000, "device": "cpu"}
+    spec = store.run_spec({"name": "BN + L2", "model": {"norm": "bn"}, "l1": 1e-5, "l2": 1e-4}, 1, 2, 64,
+                          micro_batch_size=16)
+    assert (spec["l1"], spec["l2"], spec["batch_size"], spec["micro_batch_size"]) == (1e-5, 1e-4, 64, 16)
+
+
+def test_specs_whose_fields_come_in_another_order_still_train_together():
+    spec = tiny_spec()
+    reordered = dict(reversed(list(tiny_spec(seed=2).items())))
+    assert store.seed_groups([spec, reordered]) == [[spec, reordered]]
+
+
+def test_histories_round_trip_through_a_new_folder_as_one_space_indented_json(tmp_path):
+    histories = [{"name": "BN", "test_acc": [98.5, 99.1]}, {"name": "LN", "test_acc": [98.0]}]
+    path = tmp_path / "new" / "folder" / "history.json"
+    store.save_histories(histories, path)
+    store.save_histories(histories, path)  # again: the folder exists now
+    assert path.read_text() == json.dumps(histories, indent=1) and store.load_histories(path) == histories
+
+
+def test_a_failed_write_leaves_no_temporary_file_and_raises(tmp_path):
+    with pytest.raises(TypeError):
+        store.write_atomically(tmp_path / "entry.json", "text, not bytes")
+    assert list(tmp_path.iterdir()) == []
