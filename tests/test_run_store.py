@@ -328,11 +328,10 @@ def test_a_cpu_trains_one_seed_per_worker_and_a_gpu_every_seed_in_one():
     assert store.default_workers(torch.device("cuda", 0)) == 1 and store.default_together(torch.device("cuda", 0)) is None
 
 
-def test_train_or_load_trains_what_is_missing_stores_it_and_says_so_line_by_line(tmp_path, monkeypatch, capsys, tiny):
+def test_train_or_load_trains_what_is_missing_stores_it_and_says_so_line_by_line(tmp_path, capsys, tiny_store):
     """In this process on 128 training and 256 test digits: the first call trains three runs in two groups (two seeds
     together, BN at a micro-batch alone) with a progress bar on stdout and a line per run, the second loads them and
     says so in one line, `retrain` trains them again; every call returns the stored runs in the order asked."""
-    monkeypatch.setattr(store, "cached_mnist", lambda root, device: tiny)
     specs = [tiny_spec(seed=2, train_size=128), tiny_spec(seed=1, train_size=128),
              tiny_spec(seed=1, train_size=128, micro_batch_size=32, name="BN", model={"norm": "bn"})]
     first = store.train_or_load(specs, tmp_path, together=None)
@@ -355,6 +354,23 @@ def test_train_or_load_trains_what_is_missing_stores_it_and_says_so_line_by_line
 
     store.train_or_load(specs[:1], tmp_path, retrain=True, verbose=False)
     assert capsys.readouterr().out.split("\n")[-2].startswith("1 runs: 0 loaded from the store, 1 trained now; ")
+
+    entries = [json.loads((tmp_path / f"{store.run_key(spec)}.json").read_text()) for spec in specs]
+    for asked, sweep in ((specs, True), (specs[:2], False)):  # a line names its micro-batch when any run differs
+        store.train_or_load(asked, tmp_path)
+        assert capsys.readouterr().out.splitlines() == [
+            store.describe_run(spec, entry, trained_now=False, micro_batch=sweep) for spec, entry in zip(asked, entries)]
+        assert ("micro-batch" in store.describe_run(specs[0], entries[0], False, sweep)) == sweep
+    store.train_or_load(specs, tmp_path, retrain=True, together=1, verbose=False)
+    assert "training 3 runs in 3 group(s) on 1 worker(s): 100%" in capsys.readouterr().out
+
+
+def test_a_run_that_cannot_be_read_back_after_training_stops_the_call(tmp_path, monkeypatch, tiny_store):
+    monkeypatch.setattr(store, "load_run", lambda *args, **kwargs: None)
+    with pytest.raises(RuntimeError, match=f"^run store {re.escape(str(tmp_path))}: a run just trained could not be "
+                                           "read back$"):
+        store.train_or_load([tiny_spec(train_size=128)], tmp_path, verbose=False)
+    assert len(list(tmp_path.glob("*.json"))) == 1  # it was stored
 
 
 def stored_on(entry):
