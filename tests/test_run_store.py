@@ -172,6 +172,18 @@ def test_every_committed_entry_is_found_under_the_key_of_its_own_spec():
         assert store.run_key(entry["spec"], extra) == path.stem == entry["key"], f"{path.name} is not found by its spec"
 
 
+def test_a_key_is_the_spec_without_its_name_and_the_code_version_hashed_as_every_committed_entry_was(monkeypatch):
+    """The key's own recipe, apart from the code hash, on each committed run: what a mutation of run_key would break
+    (the test above cannot run where the code is rewritten, as under mutmut, since every code hash changes there)."""
+    entries = [json.loads(path.read_text()) for path in (Path(__file__).resolve().parent.parent / "runs").glob("*.json")]
+    runs = [entry for entry in entries if entry["spec"].get("kind") != "lr_range_test"]
+    assert len(runs) > 100, "the committed run store is not here"
+    for entry in runs:
+        monkeypatch.setattr(store, "training_code_version", lambda *extra, version=entry["code_version"]: version)
+        assert store.run_key(entry["spec"]) == entry["key"]
+        assert store.run_key(dict(entry["spec"], name="another name")) == entry["key"]
+
+
 def mutated(value):
     """Another value of the same JSON type: what a changed setting looks like in a spec."""
     if isinstance(value, bool):
