@@ -316,6 +316,8 @@ def test_the_code_is_read_the_same_way_on_every_python_so_stored_runs_keep_their
     for path in files:
         tree = ast.parse(path.read_text())
         assert store._dump(tree) == ast.dump(tree, **own_form).replace(", type_params=[]", ""), path.name
+    match = ast.parse("match x:\n    case None:\n        pass\n")  # None as a pattern is a value, as in a Constant
+    assert store._dump(match) == ast.dump(match, **own_form).replace(", type_params=[]", "")
 
 
 def test_a_run_s_log_line_and_a_call_s_summary_say_exactly_what_ran_where():
