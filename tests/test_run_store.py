@@ -481,3 +481,10 @@ def test_a_failed_write_leaves_no_temporary_file_and_raises(tmp_path):
     with pytest.raises(TypeError):
         store.write_atomically(tmp_path / "entry.json", "text, not bytes")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_data_folder_asked_for_is_the_one_read(tmp_path, monkeypatch, tiny):
+    folders = []
+    monkeypatch.setattr(store, "cached_mnist", lambda root, device: (folders.append(root), tiny)[1])
+    store.train_or_load([tiny_spec(train_size=128)], tmp_path, data_dir="elsewhere", verbose=False)
+    assert folders == ["elsewhere"]
