@@ -483,8 +483,8 @@ def test_a_failed_write_leaves_no_temporary_file_and_raises(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_data_folder_asked_for_is_the_one_read(tmp_path, monkeypatch, tiny):
-    folders = []
-    monkeypatch.setattr(store, "cached_mnist", lambda root, device: (folders.append(root), tiny)[1])
+def test_the_data_folder_asked_for_is_the_one_read_onto_the_run_s_device(tmp_path, monkeypatch, tiny):
+    asked = []
+    monkeypatch.setattr(store, "cached_mnist", lambda root, device: (asked.append((root, device)), tiny)[1])
     store.train_or_load([tiny_spec(train_size=128)], tmp_path, data_dir="elsewhere", verbose=False)
-    assert folders == ["elsewhere"]
+    assert asked == [("elsewhere", torch.device("cpu"))]
