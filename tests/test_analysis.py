@@ -290,7 +290,7 @@ def test_the_committed_findings_are_what_findings_makes_of_the_committed_results
     load = {name: store.load_histories(images / f"{name}.json") for name in (
         "history", "regularizer_history", "micro_batch_sweep", "regularizer_report", "lr_range", "group_sweep",
         "activation_statistics", "per_image_accuracy")}
-    computed = findings.findings(
+    computed = findings.findings(  # 4: the notebook's GN_GROUPS
         load["history"], load["regularizer_history"], load["micro_batch_sweep"], load["regularizer_report"],
         load["lr_range"], load["group_sweep"], 4, load["activation_statistics"], load["per_image_accuracy"])
     assert computed.splitlines() == committed.splitlines()

@@ -19,10 +19,11 @@ import utils
 from model import Net
 
 GN = {"name": "GN", "model": {"norm": "gn"}}
+COMMITTED_RUNS = Path(__file__).resolve().parent.parent / "runs"
 
 
 def tiny_spec(**changes):
-    """A run of one epoch on 512 training images (tested on all 10,000 test images)."""
+    """A run of one epoch on 512 training images (tested on all 10,000 test images, or on 256 under tiny_store)."""
     spec = store.run_spec(GN, seed=1, epochs=1, batch_size=64, train_size=512)
     return {**spec, **changes}
 
@@ -164,7 +165,7 @@ def test_every_committed_entry_is_found_under_the_key_of_its_own_spec():
     """A refactor must not change a key by accident: each stored run and range test is where run_key of its spec,
     under today's training code, says it is; otherwise the notebook would silently retrain it."""
     from probes import LR_RANGE_CODE
-    entries = sorted((Path(__file__).resolve().parent.parent / "runs").glob("*.json"))
+    entries = sorted(COMMITTED_RUNS.glob("*.json"))
     assert entries, "the committed run store is empty"
     for path in entries:
         entry = json.loads(path.read_text())
@@ -175,7 +176,7 @@ def test_every_committed_entry_is_found_under_the_key_of_its_own_spec():
 def test_a_key_is_the_spec_without_its_name_and_the_code_version_hashed_as_every_committed_entry_was(monkeypatch):
     """The key's own recipe, apart from the code hash, on each committed run: what a mutation of run_key would break
     (the test above cannot run where the code is rewritten, as under mutmut, since every code hash changes there)."""
-    entries = [json.loads(path.read_text()) for path in (Path(__file__).resolve().parent.parent / "runs").glob("*.json")]
+    entries = [json.loads(path.read_text()) for path in COMMITTED_RUNS.glob("*.json")]
     runs = [entry for entry in entries if entry["spec"].get("kind") != "lr_range_test"]
     assert len(runs) > 100, "the committed run store is not here"
     for entry in runs:
@@ -329,7 +330,8 @@ def test_a_run_s_log_line_and_a_call_s_summary_say_exactly_what_ran_where():
     assert store.describe_run(spec, entry, trained_now=False, micro_batch=True) == (
         "      GN micro-batch  16 seed 3: final test acc  98.46% | loaded from the store (trained 2026-12-07 10:00:00 "
         "on CPU (1 thread), 13 s)")
-    entries = [(None, dict(entry, trained_on=where, seconds=s)) for where, s in (("GPU", 5.2), ("CPU", 7.0), ("CPU", 1))]
+    entries = [(None, dict(entry, trained_on=where, seconds=s))
+               for where, s in (("GPU", 5.2), ("CPU", 7.0), ("CPU", 1))]
     assert store.summary(entries, trained=1) == \
         "3 runs: 2 loaded from the store, 1 trained now; trained on CPU and GPU, 13 s of training in all"
     assert store.summary(entries[1:], trained=0) == \
@@ -339,7 +341,8 @@ def test_a_run_s_log_line_and_a_call_s_summary_say_exactly_what_ran_where():
 def test_a_cpu_trains_one_seed_per_worker_and_a_gpu_every_seed_in_one():
     assert store.default_workers("cpu") == (os.cpu_count() or 1) and store.default_workers("cuda") == 1
     assert store.default_together("cpu") == 1 and store.default_together("cuda") is None
-    assert store.default_workers(torch.device("cuda", 0)) == 1 and store.default_together(torch.device("cuda", 0)) is None
+    gpu = torch.device("cuda", 0)
+    assert store.default_workers(gpu) == 1 and store.default_together(gpu) is None
 
 
 def test_train_or_load_trains_what_is_missing_stores_it_and_says_so_line_by_line(tmp_path, capsys, tiny_store):
@@ -353,14 +356,16 @@ def test_train_or_load_trains_what_is_missing_stores_it_and_says_so_line_by_line
     bar = out.split("\n")[-2].split("\r")[-1]
     assert bar.startswith("training 3 runs in 2 group(s) on 1 worker(s): 100%|####") and len(bar) == 110, bar
     assert " 3/3 [" in bar and ("run/s]" in bar or "s/run]" in bar)
-    entries = [json.loads((tmp_path / f"{store.run_key(spec)}.json").read_text()) for spec in specs]
+    entries = stored_entries(tmp_path, specs)
     lines = [store.describe_run(spec, entry, trained_now=True, micro_batch=True) for spec, entry in zip(specs, entries)]
     assert sorted(segment.split("\r")[-1] for segment in out.split("\n")[:-2]) == sorted(lines)
     assert [h["seed"] for _, h in first] == [2, 1, 1] and [h["micro_batch_size"] for _, h in first] == [64, 64, 32]
-    assert [h for _, h in first] == [dict(e["history"], name=e["spec"]["name"], trained_on=stored_on(e)) for e in entries]
+    assert [h for _, h in first] == [dict(e["history"], name=e["spec"]["name"], trained_on=stored_on(e))
+                                     for e in entries]
 
     second = store.train_or_load(specs, tmp_path, verbose=False)
-    seconds, alone = sum(e["seconds"] for e in entries), entries[2]["trained_on"]  # the two seeds: "..., 2 seeds together"
+    seconds = sum(e["seconds"] for e in entries)
+    alone = entries[2]["trained_on"]  # the two seeds trained together say "<alone>, 2 seeds together"
     assert capsys.readouterr().out == f"3 runs: 3 loaded from the store; trained on {alone} and {alone}, 2 seeds " \
                                       f"together, {seconds:.0f} s of training in all\n"
     assert all(same_weights(a, b) for (a, _), (b, _) in zip(first, second))
@@ -369,11 +374,12 @@ def test_train_or_load_trains_what_is_missing_stores_it_and_says_so_line_by_line
     store.train_or_load(specs[:1], tmp_path, retrain=True, verbose=False)
     assert capsys.readouterr().out.split("\n")[-2].startswith("1 runs: 0 loaded from the store, 1 trained now; ")
 
-    entries = [json.loads((tmp_path / f"{store.run_key(spec)}.json").read_text()) for spec in specs]
+    entries = stored_entries(tmp_path, specs)
     for asked, sweep in ((specs, True), (specs[:2], False)):  # a line names its micro-batch when any run differs
         store.train_or_load(asked, tmp_path)
         assert capsys.readouterr().out.splitlines() == [
-            store.describe_run(spec, entry, trained_now=False, micro_batch=sweep) for spec, entry in zip(asked, entries)]
+            store.describe_run(spec, entry, trained_now=False, micro_batch=sweep)
+            for spec, entry in zip(asked, entries)]
         assert ("micro-batch" in store.describe_run(specs[0], entries[0], False, sweep)) == sweep
     store.train_or_load(specs, tmp_path, retrain=True, together=1, verbose=False)
     assert "training 3 runs in 3 group(s) on 1 worker(s): 100%" in capsys.readouterr().out
@@ -385,6 +391,10 @@ def test_a_run_that_cannot_be_read_back_after_training_stops_the_call(tmp_path, 
                                            "read back$"):
         store.train_or_load([tiny_spec(train_size=128)], tmp_path, verbose=False)
     assert len(list(tmp_path.glob("*.json"))) == 1  # it was stored
+
+
+def stored_entries(folder, specs):
+    return [json.loads((folder / f"{store.run_key(spec)}.json").read_text()) for spec in specs]
 
 
 def stored_on(entry):
