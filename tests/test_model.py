@@ -84,6 +84,9 @@ def test_groupnorm_is_independent_of_other_samples_and_batchnorm_is_not():
     ({"dropout": -0.1}, "dropout must be in [0, 1), got -0.1"),
     ({"norm": "ln", "micro_batch": 4}, "micro_batch applies to BatchNorm only, not norm='ln'"),
     ({"micro_batch": 0}, "micro_batch must be a positive int or None, got 0"),
+    ({"groups": True}, "groups must be a positive int, got True"),  # a bool is an int to isinstance
+    ({"copies": True}, "copies must be a positive int, got True"),
+    ({"micro_batch": True}, "micro_batch must be a positive int or None, got True"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError) as error:
@@ -116,16 +119,23 @@ def test_ghost_batchnorm_in_one_pass_equals_gradient_accumulation_over_micro_bat
         torch.testing.assert_close(ghost_state[name], state[name], rtol=1e-9, atol=1e-12, msg=f"buffer {name}")
 
 
+def test_the_default_net_is_the_batchnorm_net():
+    assert repr(Net()) == repr(Net("bn")) and all(type(m) is nn.BatchNorm2d for m in norm_layers(Net()))
+
+
 def test_ghost_batchnorm_is_batchnorm_at_eval_and_when_the_group_is_the_whole_batch():
     x = torch.randn(8, 4, 5, 5)
     plain, ghost, whole = nn.BatchNorm2d(4), GhostBatchNorm2d(4, 2), GhostBatchNorm2d(4, 8)
-    torch.testing.assert_close(whole(x), plain(x))
-    torch.testing.assert_close(whole.running_var, plain.running_var)
+    assert torch.equal(whole(x), plain(x))  # the very same computation, not a regrouped one that rounds differently
+    assert torch.equal(whole.running_mean, plain.running_mean) and torch.equal(whole.running_var, plain.running_var)
     ghost.load_state_dict(plain.state_dict())
     ghost.eval(), plain.eval()
     torch.testing.assert_close(ghost(x), plain(x))
     ghost.train()
     groups = torch.cat([F.batch_norm(part, None, None, training=True) for part in x.split(2)])
+    torch.testing.assert_close(ghost(x), groups, rtol=1e-5, atol=1e-5)
+    ghost.eps = plain.eps = 0.5  # a changed eps reaches every group's batch_norm
+    groups = torch.cat([F.batch_norm(part, None, None, training=True, eps=0.5) for part in x.split(2)])
     torch.testing.assert_close(ghost(x), groups, rtol=1e-5, atol=1e-5)
     odd = GhostBatchNorm2d(4, 3)  # 8 = 3 + 3 + 2: the last, smaller group is its own
     torch.testing.assert_close(odd(x), torch.cat([F.batch_norm(p, None, None, training=True) for p in x.split(3)]),

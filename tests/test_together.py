@@ -10,7 +10,7 @@ import torch
 import benchmark
 import store
 import utils
-from model import Net, pack, unpack
+from model import Dropout, Net, pack, unpack
 
 CONFIGS = {
     "BN": {"model": {"norm": "bn"}}, "BN + L1": {"model": {"norm": "bn"}, "l1": 5e-4},
@@ -96,7 +96,7 @@ def test_a_packed_net_computes_what_each_of_its_plain_nets_computes():
             torch.testing.assert_close(out[:, k], getattr(net, mode)()(x[:, k:k + 1]), rtol=1e-5, atol=1e-5)
     for net, back in zip(nets, unpack(packed)):
         assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), back.state_dict().values()))
-    with pytest.raises(ValueError, match="plain nets .* that differ in their weights only"):
+    with pytest.raises(ValueError, match=r"^pack\(\) takes plain nets \(copies=1\) that differ in their weights only$"):
         pack([Net("gn"), Net("ln")])
 
 
@@ -111,6 +111,30 @@ def test_dropout_masks_come_from_each_copys_own_generator():
     assert set(both.unique().tolist()) == {0.0, 2.0}  # dropped, or kept and scaled by 1 / (1 - p)
     with pytest.raises(ValueError, match="a net of 2 copies needs 2 generators, got 1"):
         Net("bn", copies=2).draw_from([torch.Generator()])
+
+
+def test_nets_packed_unpacked_and_dropped_out_stay_on_the_device_they_are_given():
+    """The meta device stands in for a GPU here: a net made on it packs, unpacks and draws its dropout masks there
+    (a CPU tensor anywhere on the way fails loudly), so the device-agnostic path runs in a CPU test."""
+    nets = [Net("bn").to("meta") for _ in range(2)]
+    packed = pack(nets)
+    assert {p.device.type for p in packed.parameters()} == {"meta"}
+    assert {p.device.type for net in unpack(packed) for p in net.parameters()} == {"meta"}
+    assert packed.train()(torch.empty(3, 2, 28, 28, device="meta")).device.type == "meta"
+
+
+def test_dropout_keeps_a_unit_whose_noise_equals_p_and_at_p_0_draws_nothing():
+    """Kept where uniform noise in [0, 1) is at least p: keeps with probability exactly 1 - p. At p = 0 it is the
+    identity and leaves the seed's random stream where it was, so the next layer's masks do not move."""
+    x = torch.ones(1, 8, 3, 3)
+    p = torch.rand(1, 8, 3, 3, generator=torch.Generator().manual_seed(5))[0, 0, 0, 0].item()
+    layer = Dropout(p, 1).train()
+    layer.generators = [torch.Generator().manual_seed(5)]
+    assert layer(x)[0, 0, 0, 0] == 1 / (1 - p)
+    off = Dropout(0.0, 1).train()
+    off.generators = [torch.Generator().manual_seed(5)]
+    state = off.generators[0].get_state()
+    assert torch.equal(off(x), x) and torch.equal(off.generators[0].get_state(), state)
 
 
 @pytest.mark.slow
