@@ -119,6 +119,18 @@ def test_ghost_batchnorm_in_one_pass_equals_gradient_accumulation_over_micro_bat
         torch.testing.assert_close(ghost_state[name], state[name], rtol=1e-9, atol=1e-12, msg=f"buffer {name}")
 
 
+def test_a_digit_passes_through_the_layout_model_py_documents():
+    """28 -> 26 -> 24 (two 3x3 convs) -> 12 (1x1 conv, 2x2 max-pool) -> 10 -> 8 -> 6 -> 6 (three 3x3 convs, a padded
+    one) -> 1 (global average) -> 10 classes: the receptive field and the parameter count depend on these sizes."""
+    sizes = []
+    model = Net("bn")
+    for layer in model.features:
+        layer.register_forward_hook(lambda module, inputs, output: sizes.append(tuple(output.shape[1:])))
+    model.eval()(torch.zeros(2, 1, 28, 28))
+    assert sizes == [(8, 26, 26), (16, 24, 24), (8, 24, 24), (8, 12, 12), (16, 10, 10), (16, 8, 8), (16, 6, 6),
+                     (16, 6, 6), (16, 1, 1), (10, 1, 1)]
+
+
 def test_the_default_net_is_the_batchnorm_net():
     assert repr(Net()) == repr(Net("bn")) and all(type(m) is nn.BatchNorm2d for m in norm_layers(Net()))
 
