@@ -13,7 +13,10 @@ import findings
 import probes
 import stats
 import store
+from model import Net
 from test_utils import fake_history
+
+IMAGES = Path(__file__).resolve().parent.parent / "images"
 
 
 def histories_of(name, finals, seeds=None):
@@ -281,19 +284,37 @@ def test_an_untestable_pair_has_no_t_and_the_sign_flip_test_takes_twenty_pairs()
     assert stats.sign_flip_p([0.1] * 20) == pytest.approx(2 / 2 ** 20)
 
 
+def committed_markdown(call):
+    """Every markdown output of the committed notebook's cell that calls `call`, joined."""
+    notebook = json.loads((IMAGES.parent / "experiments.ipynb").read_text())
+    [cell] = [c for c in notebook["cells"] if call in "".join(c["source"])]
+    return "\n".join("".join(o["data"]["text/markdown"]) for o in cell["outputs"] if "text/markdown" in o.get("data", {}))
+
+
 def test_the_committed_findings_are_what_findings_makes_of_the_committed_results():
     """The notebook's closing findings, every line, recomputed from the JSON its execution wrote beside them."""
-    images = Path(__file__).resolve().parent.parent / "images"
-    notebook = json.loads((images.parent / "experiments.ipynb").read_text())
-    [cell] = [c for c in notebook["cells"] if "".join(c["source"]).startswith("display(Markdown(findings.findings(")]
-    committed = "".join(cell["outputs"][0]["data"]["text/markdown"])
-    load = {name: store.load_histories(images / f"{name}.json") for name in (
+    committed = committed_markdown("display(Markdown(findings.findings(")
+    load = {name: store.load_histories(IMAGES / f"{name}.json") for name in (
         "history", "regularizer_history", "micro_batch_sweep", "regularizer_report", "lr_range", "group_sweep",
         "activation_statistics", "per_image_accuracy")}
     computed = findings.findings(  # 4: the notebook's GN_GROUPS
         load["history"], load["regularizer_history"], load["micro_batch_sweep"], load["regularizer_report"],
         load["lr_range"], load["group_sweep"], 4, load["activation_statistics"], load["per_image_accuracy"])
     assert computed.splitlines() == committed.splitlines()
+
+
+def test_every_table_the_notebook_shows_is_what_probes_makes_of_the_committed_results():
+    """The committed notebook's tables of layers, activations, penalties, range tests and group counts, each remade
+    from the JSON (or, for the layers, the nets) the execution that drew them wrote."""
+    load = lambda name: store.load_histories(IMAGES / f"{name}.json")  # noqa: E731
+    nets = {"BN + L1": Net("bn"), "LN": Net("ln"), "GN": Net("gn", groups=4)}  # the notebook's CONFIGS, GN_GROUPS 4
+    tables = {"probes.layer_table(": probes.layer_table(nets),
+              "probes.activation_table(": probes.activation_table(load("activation_statistics")),
+              "probes.regularizer_table(": probes.regularizer_table(load("regularizer_report")),
+              "probes.divergence_table(": probes.divergence_table(load("lr_range")),
+              "probes.group_table(": probes.group_table(load("group_sweep"), 4)}
+    for call, table in tables.items():
+        assert table.count("\n") >= 3 and table in committed_markdown(call), call
 
 
 def test_the_answer_ranks_by_mean_accuracy_and_names_every_seed_count():

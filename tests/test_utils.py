@@ -1,4 +1,10 @@
+import functools
+import gzip
+import hashlib
+import http.server
 import json
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +14,8 @@ import stats
 import store
 import utils
 from model import Net
+
+REPOSITORY_RAW = Path(__file__).resolve().parent.parent / "data" / "MNIST" / "raw"  # where CI and conftest put MNIST
 
 
 def test_mnist_is_loaded_normalized_on_the_device(mnist):
@@ -24,10 +32,49 @@ def test_offline_without_files_says_where_to_put_them(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as error:
         utils.load_mnist(tmp_path)
     message = str(error.value)
-    assert str(tmp_path / "MNIST" / "raw") in message
-    assert all(name in message for name in utils.MNIST_FILES)
+    assert str(tmp_path / "MNIST" / "raw") in message and "could not be downloaded (RuntimeError)" in message
+    assert f"files {', '.join(utils.MNIST_FILES)} into" in message
     assert error.value.__suppress_context__ and error.value._render_traceback_() == [f"MnistMissingError: {message}"]
     assert not (tmp_path / "MNIST").exists()  # the half-made folder of the failed download is gone
+
+
+def test_a_failed_download_leaves_the_files_that_were_there(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils.datasets.MNIST, "mirrors", [f"file://{tmp_path}/no-such-mirror/"])
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes((REPOSITORY_RAW / "t10k-labels-idx1-ubyte").read_bytes())
+    with pytest.raises(utils.MnistMissingError):
+        utils.load_mnist(tmp_path)
+    assert (raw / "t10k-labels-idx1-ubyte").exists()
+
+
+def test_online_the_missing_files_are_downloaded_with_one_line_of_output(tmp_path, monkeypatch, capfd):
+    """torchvision's download, from a mirror on this machine that serves the four files over HTTP (gzip, as MNIST's
+    mirrors do): one line says what is fetched, torchvision's own lines and progress bars are kept out of the notebook,
+    and the data loads."""
+    mirror, resources = tmp_path / "mirror", []
+    mirror.mkdir()
+    for name in utils.MNIST_FILES:
+        packed = gzip.compress((REPOSITORY_RAW / name).read_bytes(), compresslevel=0)  # stored, not packed: quick
+        (mirror / f"{name}.gz").write_bytes(packed)
+        resources.append((f"{name}.gz", hashlib.md5(packed).hexdigest()))
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # the server's request log would land in the captured stderr
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=mirror))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(utils.datasets.MNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
+    monkeypatch.setattr(utils.datasets.MNIST, "resources", resources)
+    try:
+        (train_x, _), (test_x, test_y) = utils.load_mnist(tmp_path / "data")
+    finally:
+        server.shutdown()
+        server.server_close()
+    out, err = capfd.readouterr()
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    assert out == f"downloading MNIST into {raw}/ (4 of its 4 files are missing)\n" and err == ""
+    assert len(train_x) == 60_000 and len(test_x) == 10_000 and test_y[:3].tolist() == [7, 2, 1]
 
 
 def test_augmentation_keeps_shape_and_label_and_changes_the_image(mnist):
