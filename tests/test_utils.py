@@ -1,8 +1,10 @@
+import ast
 import functools
 import gzip
 import hashlib
 import http.server
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 import plots
+import probes
 import stats
 import store
 import utils
@@ -25,6 +28,42 @@ def test_mnist_is_loaded_normalized_on_the_device(mnist):
     assert abs(train_x.mean().item()) < 0.01 and abs(train_x.std().item() - 1) < 0.01
     assert sorted(train_y.unique().tolist()) == list(range(10))
     assert train_x.min().item() == pytest.approx(utils.BACKGROUND)
+    assert train_x.max().item() == pytest.approx((1 - utils.MNIST_MEAN) / utils.MNIST_STD)  # a white pixel, 255/255
+    assert test_y[:3].tolist() == [7, 2, 1] and train_y[:3].tolist() == [5, 0, 4]  # each split is its own file
+
+
+def test_load_mnist_reads_data_by_default_and_puts_both_splits_on_the_device_asked(mnist, monkeypatch):
+    monkeypatch.chdir(REPOSITORY_RAW.parents[2])
+    (_, _), (test_x, test_y) = utils.load_mnist()
+    assert test_x.device.type == "cpu" and torch.equal(test_x, mnist[1][0]) and torch.equal(test_y, mnist[1][1])
+    splits = utils.load_mnist("data", "meta")  # meta stands in for a GPU
+    assert {t.device.type for split in splits for t in split} == {"meta"}
+
+
+def test_the_device_name_counts_the_cpu_threads():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert utils.device_name("cpu") == "CPU (1 thread)"
+        torch.set_num_threads(2)
+        assert utils.device_name(torch.device("cpu")) == "CPU (2 threads)"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_training_functions_default_to_the_notebooks_settings(tiny):
+    """Called without them, train_model, run_spec and lr_range_spec train what the notebook's defaults train."""
+    notebook = json.loads((REPOSITORY_RAW.parents[2] / "experiments.ipynb").read_text())
+    cell = "".join(next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))["source"])
+    default = {name: ast.literal_eval(re.search(rf'^{name} = from_env\("{name}", ([^)]+)\)', cell, re.M)[1])
+               for name in ("BATCH_SIZE", "MAX_LR", "LR_TEST_MIN", "LR_TEST_MAX")}
+    config = {"name": "GN", "model": {"norm": "gn"}}
+    [(_, history)] = utils.train_model(config, tiny, 1, progress=False)
+    spec, lr_range = store.run_spec(config, 1, 1), probes.lr_range_spec(config, 1)
+    for trained in (history, spec):
+        assert (trained["batch_size"], trained["max_lr"]) == (default["BATCH_SIZE"], default["MAX_LR"])
+    assert (lr_range["batch_size"], lr_range["lr_min"], lr_range["lr_max"]) == (
+        default["BATCH_SIZE"], default["LR_TEST_MIN"], default["LR_TEST_MAX"])
 
 
 def test_offline_without_files_says_where_to_put_them(tmp_path, monkeypatch):
