@@ -40,6 +40,15 @@ def test_load_mnist_reads_data_by_default_and_puts_both_splits_on_the_device_ask
     assert {t.device.type for split in splits for t in split} == {"meta"}
 
 
+def test_train_model_takes_micro_batches_from_1_to_the_batch_size(tiny):
+    [(_, history)] = utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, 1, 128, progress=False,
+                                       micro_batch_size=1)
+    assert history["micro_batch_size"] == 1 and len(history["test_acc"]) == 1
+    for wrong in (0, 129):
+        with pytest.raises(ValueError, match=f"^micro_batch_size must be between 1 and batch_size 128, got {wrong}$"):
+            utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, 1, 128, micro_batch_size=wrong)
+
+
 def test_the_device_name_counts_the_cpu_threads():
     threads = torch.get_num_threads()
     try:
@@ -51,14 +60,17 @@ def test_the_device_name_counts_the_cpu_threads():
         torch.set_num_threads(threads)
 
 
-def test_the_training_functions_default_to_the_notebooks_settings(tiny):
-    """Called without them, train_model, run_spec and lr_range_spec train what the notebook's defaults train."""
+def test_the_training_functions_default_to_the_notebooks_settings(tiny, capsys):
+    """Called without them, train_model, run_spec and lr_range_spec train what the notebook's defaults train;
+    train_model shows its progress, and a config without a model trains the default (BN) Net without penalties."""
     notebook = json.loads((REPOSITORY_RAW.parents[2] / "experiments.ipynb").read_text())
     cell = "".join(next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))["source"])
     default = {name: ast.literal_eval(re.search(rf'^{name} = from_env\("{name}", ([^)]+)\)', cell, re.M)[1])
                for name in ("BATCH_SIZE", "MAX_LR", "LR_TEST_MIN", "LR_TEST_MAX")}
+    [(model, history)] = utils.train_model({"name": "plain"}, tiny, 1)
+    assert "plain seed 1 epoch  1/1" in capsys.readouterr().out
+    assert repr(model) == repr(Net("bn")) and history["params"] == 9_752
     config = {"name": "GN", "model": {"norm": "gn"}}
-    [(_, history)] = utils.train_model(config, tiny, 1, progress=False)
     spec, lr_range = store.run_spec(config, 1, 1), probes.lr_range_spec(config, 1)
     for trained in (history, spec):
         assert (trained["batch_size"], trained["max_lr"]) == (default["BATCH_SIZE"], default["MAX_LR"])
