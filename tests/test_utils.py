@@ -49,6 +49,16 @@ def test_train_model_takes_micro_batches_from_1_to_the_batch_size(tiny):
             utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, 1, 128, micro_batch_size=wrong)
 
 
+def test_the_progress_bar_names_the_run_counts_the_steps_and_ends_with_each_seeds_test_accuracy(tiny, capsys):
+    runs = utils.train_model({"name": "GN", "model": {"norm": "gn"}}, tiny, 1, seeds=(1, 2))
+    last = capsys.readouterr().out.split("\r")[-1]  # tqdm redraws its line; the last drawing stays
+    accuracies = ", ".join(f"{history['test_acc'][-1]:.2f}%" for _, history in runs)
+    assert re.fullmatch(rf"GN seeds 1,2 epoch  1/1: 100%\|#+\| 4/4 \[.*, test acc {accuracies}\]\n", last), last
+    assert len(last) == 110 + 1  # ncols: one width, whatever the terminal or notebook
+    utils.train_model({"name": "GN", "model": {"norm": "gn"}}, tiny, 1, seeds=(3,))
+    assert "GN seed 3 epoch  1/1: 100%" in capsys.readouterr().out
+
+
 def test_the_device_name_counts_the_cpu_threads():
     threads = torch.get_num_threads()
     try:
