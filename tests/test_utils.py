@@ -6,6 +6,7 @@ import http.server
 import json
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,12 @@ def test_train_model_takes_micro_batches_from_1_to_the_batch_size(tiny):
 
 
 def test_the_progress_bar_names_the_run_counts_the_steps_and_ends_with_each_seeds_test_accuracy(tiny, capsys):
+    """... and each seed's history gets its share of the epoch's time: the seeds' shares add up to the epoch."""
+    start = time.perf_counter()
     runs = utils.train_model({"name": "GN", "model": {"norm": "gn"}}, tiny, 1, seeds=(1, 2))
+    elapsed = time.perf_counter() - start
+    shares = [history["seconds"][0] for _, history in runs]
+    assert shares[0] == shares[1] and elapsed / 2 < sum(shares) <= elapsed
     last = capsys.readouterr().out.split("\r")[-1]  # tqdm redraws its line; the last drawing stays
     accuracies = ", ".join(f"{history['test_acc'][-1]:.2f}%" for _, history in runs)
     assert re.fullmatch(rf"GN seeds 1,2 epoch  1/1: 100%\|#+\| 4/4 \[.*, test acc {accuracies}\]\n", last), last
@@ -186,6 +192,13 @@ def test_misclassified_returns_only_wrong_predictions(tiny):
     for i, p, a in zip(mistakes["index"], mistakes["predicted"], mistakes["actual"]):
         assert predicted[i] == p != a == test_y[i]
     assert mistakes["probability"] == sorted(mistakes["probability"], reverse=True)
+
+
+def test_equally_confident_mistakes_come_in_the_order_of_the_test_set():
+    """Ties (a run that predicts the same distribution for many digits) must not pick the grid's images at random."""
+    log_probs = torch.log_softmax(torch.tensor([[0.0, 3.0] + [0.0] * 8]).repeat(200, 1), 1)  # all say "1"
+    labels = torch.zeros(200, dtype=torch.long).index_fill(0, torch.arange(0, 200, 3), 1)  # every third is a 1
+    assert utils.misclassified(log_probs, labels, count=100)["index"] == [i for i in range(200) if i % 3][:100]
 
 
 def test_train_model_history_round_trips_through_json(tiny, tmp_path):
