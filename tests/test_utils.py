@@ -65,6 +65,12 @@ def test_the_progress_bar_names_the_run_counts_the_steps_and_ends_with_each_seed
     assert "GN seed 3 epoch  1/1: 100%" in capsys.readouterr().out
 
 
+def test_the_device_is_the_gpu_when_there_is_one(monkeypatch):
+    for available, expected in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        assert utils.get_device() == torch.device(expected)
+
+
 def test_the_device_name_counts_the_cpu_threads():
     threads = torch.get_num_threads()
     try:
