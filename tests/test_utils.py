@@ -7,6 +7,7 @@ import json
 import re
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -153,7 +154,9 @@ def test_online_the_missing_files_are_downloaded_with_one_line_of_output(tmp_pat
 def test_augmentation_keeps_shape_and_label_and_changes_the_image(mnist):
     (train_x, train_y), (test_x, test_y) = mnist
     x, y = test_x[:500], test_y[:500]
-    augmented = utils.augment(x, torch.rand(500, 3, generator=torch.Generator().manual_seed(0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing for the notebook to show, such as torch's align_corners warning
+        augmented = utils.augment(x, torch.rand(500, 3, generator=torch.Generator().manual_seed(0)))
     assert augmented.shape == x.shape
     assert (augmented - x).abs().amax((1, 2, 3)).min() > 0.5  # every image moved
 
@@ -185,6 +188,15 @@ def test_each_seed_gets_every_digit_at_most_once_an_epoch_in_an_order_of_its_own
     assert not torch.equal(labels[:, 0], labels[:, 1]) and not torch.equal(labels[:, 0], y[:96])
     alone = torch.cat([yb for _, yb in utils.training_batches(x, y, 32, [utils.seed_stream(2, "cpu")])])
     assert torch.equal(alone[:, 0], labels[:, 1])  # seed 2's order does not depend on seed 1 beside it
+    assert len(list(utils.training_batches(x[:63], y[:63], 32, generators))) == 1  # one short of a second batch
+
+
+def test_training_batches_keep_the_images_dtype_through_the_augmentation(tiny):
+    """Float64 (the tests' tight-tolerance runs): the augmentation's angles and shifts are drawn in the images' dtype,
+    or grid_sample refuses to mix the two."""
+    (x, y), _ = tiny
+    [(xb, _)] = list(utils.training_batches(x[:32].double(), y[:32], 32, [utils.seed_stream(1, "cpu")]))
+    assert xb.dtype == torch.float64 and xb.shape == (32, 1, 28, 28)
 
 
 def test_misclassified_returns_only_wrong_predictions(tiny):
