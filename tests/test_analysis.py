@@ -184,6 +184,24 @@ def test_the_group_family_takes_ln_as_one_group_and_compares_each_count_with_the
     assert stats.family_table(results) in table
     with pytest.raises(ValueError, match="not norm='bn'"):
         probes.group_count({"model": {"norm": "bn"}})
+    for study, others in ((1, ["4 groups", "8 groups"]), (8, ["1 group", "4 groups"])):  # "1 group", not "1 groups"
+        assert [(r["a"], r["b"]) for r in probes.group_comparisons(runs, study)] == [
+            (name, f"{study} group{'s' * (study > 1)}") for name in others]
+    two = [dict(run, config={"name": "GN 2", "model": {"norm": "gn", "groups": 2}}) for run in runs[6:]]
+    assert [(r["a"], r["b"]) for r in probes.group_comparisons(runs[:3] + two, 2)] == [("1 group", "2 groups")]
+
+
+def test_a_title_says_how_many_epochs_the_runs_trained():
+    assert probes.epochs_label({"epoch": [1]}) == "1 epoch"
+    assert probes.epochs_label({"epoch": [1, 2, 3]}) == "3 epochs"
+
+
+def test_the_layer_table_lists_only_the_layers_that_differ_between_two_nets():
+    table = probes.layer_table({"BN": Net("bn"), "no norm": Net("none")})
+    rows = table.splitlines()
+    assert len(rows) == 2 + 6 + 1 and rows[2] == "| BatchNorm2d-2 | BatchNorm2d(8): 16 parameters, 17 stored statistics " \
+        "| Identity: 0 parameters |"
+    assert rows[-1] == "| all layers | 9,752 parameters | 9,576 parameters |"  # 176 norm parameters fewer
 
 
 def cells(line):

@@ -169,6 +169,7 @@ def test_the_group_figure_draws_each_seed_in_its_own_colour_across_the_counts():
     ("ln", {}, [1], range(8)),                        # one sample, every channel: (C, H, W)
     ("gn", {"groups": 4}, [1], [2, 3]),               # one sample, its group of 8 / 4 = 2 channels
     ("gn", {"groups": 2}, [1], [0, 1, 2, 3]),
+    ("gn", {}, [1], [2, 3]),                          # by default the study's 4 groups
 ])
 def test_what_each_layer_averages_over_is_asked_of_the_layer_and_is_what_the_docs_say(norm, options, samples,
                                                                                       channels):
