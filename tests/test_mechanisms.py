@@ -3,6 +3,7 @@ paired-seed design and its test, the group-count sweep."""
 import json
 import math
 import re
+import time
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from scipy import stats as scipy_stats
 import plots
 import probes
 import stats
+import store
 import utils
 from model import Net
 from test_utils import fake_history
@@ -139,6 +141,32 @@ def test_range_tests_are_stored_and_loaded_not_run_again(tiny, tmp_path, capsys)
     assert probes.lr_range_or_load(specs, tmp_path, tiny) == first  # run again, to the same curve
     out = capsys.readouterr().out
     assert f"entry {damaged} is unreadable (KeyError" in out and out.count("run now") == 1
+    damaged.write_text(damaged.read_text().replace('"loss": [', '"loss": "not a list", "was": ['))  # rewritten: damage again
+    assert probes.lr_range_or_load(specs, tmp_path, tiny) == first
+    assert f"entry {damaged} is unreadable (TypeError: its curve holds no list of losses); running it again" in \
+        capsys.readouterr().out
+
+
+def test_a_range_test_entry_records_its_key_spec_code_and_how_it_ran(tiny, tmp_path, capsys):
+    specs = [probes.lr_range_spec({"name": "BN", "model": {"norm": "bn"}}, seed, batch_size=64, train_size=256)
+             for seed in (1, 2)]  # one network's seeds: run together
+    start = time.perf_counter()
+    probes.lr_range_or_load(specs, tmp_path, tiny, verbose=False)
+    elapsed = time.perf_counter() - start
+    assert capsys.readouterr().out.startswith("2 range tests: 0 loaded from the store, 2 run now; run on CPU (")
+    entries = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    assert sorted(e["spec"]["seed"] for e in entries.values()) == [1, 2]
+    for key, entry in entries.items():
+        assert entry["key"] == key == store.run_key(entry["spec"], probes.LR_RANGE_CODE)
+        assert entry["code_version"] == store.training_code_version(*probes.LR_RANGE_CODE)
+        assert entry["trained_on"] == f"{utils.device_name('cpu')}, 2 seeds together"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", entry["trained_at"])
+        assert 0 < entry["seconds"] <= elapsed / 2  # each seed's share of the pair's time
+    probes.lr_range_or_load(specs[:1], tmp_path, tiny, retrain=True)
+    out = capsys.readouterr().out
+    assert "run now" in out and "loaded" not in out
+    alone = json.loads((tmp_path / f"{store.run_key(specs[0], probes.LR_RANGE_CODE)}.json").read_text())
+    assert alone["trained_on"] == utils.device_name("cpu")  # one seed: nothing "together"
 
 
 # ---------------------------------------------------------------- activation statistics
@@ -231,6 +259,18 @@ def test_per_image_statistics_are_what_batchnorm_at_micro_batch_1_computes_in_tr
     assert (per_image - running).abs().max() > 0.1
     plain = probes.with_per_image_statistics(Net("bn"))  # a run loaded from the store is a plain BatchNorm net
     assert sum(isinstance(m, nn.InstanceNorm2d) for m in plain.modules()) == 6
+    model.features[0][1].eps = 0.5  # the layer's own eps, not InstanceNorm2d's default
+    assert probes.with_per_image_statistics(model).features[0][1].eps == 0.5
+    on_meta = probes.with_per_image_statistics(Net("bn").to("meta"))  # meta stands in for a GPU
+    assert {p.device.type for p in on_meta.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize("layer", [nn.BatchNorm2d(8, eps=0.5), nn.GroupNorm(4, 8, eps=0.5)])
+def test_the_standardized_activation_is_what_the_layer_computes_before_its_scale_and_shift(layer):
+    """What activation_statistics reports as "after" the normalization: the layer's output in training mode with a
+    unit scale and no shift, its own eps included."""
+    x = torch.randn(6, 8, 5, 5)
+    torch.testing.assert_close(probes._standardize(layer, x), layer.train()(x))
 
 
 def test_activation_statistics_hold_no_signed_zeros(mnist):

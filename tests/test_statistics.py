@@ -156,6 +156,9 @@ def test_near_zero_fraction_counts_small_weights_relative_to_their_layer():
         weights[2].view(-1)[:3] = 5.0      # 0.5% of 1000: near zero
     assert probes.near_zero_fraction(model) == pytest.approx(13 / total)
     assert probes.near_zero_fraction(model, relative=0.05) == pytest.approx(18 / total)
+    with torch.no_grad():
+        weights[3].view(-1)[:4] = 0.01     # exactly 1% of its layer's largest: not below it
+    assert probes.near_zero_fraction(model) == pytest.approx(13 / total)
 
 
 def test_regularizer_report_reads_the_clean_evaluation_each_run_stored(tiny):
