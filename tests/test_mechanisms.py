@@ -4,6 +4,7 @@ import json
 import math
 import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,11 +92,33 @@ def test_the_range_test_raises_the_learning_rate_exactly_exponentially(tiny):
     ratios = lrs[1:] / lrs[:-1]
     assert torch.allclose(ratios, torch.full_like(ratios, 1e4 ** (1 / 7)), rtol=1e-9)  # one factor per step
     assert curve["loss"][0] == pytest.approx(math.log(10), abs=0.2)  # the first batch: a guess among 10 digits
+    [short] = probes.lr_range_test([dict(spec, train_size=300)], tiny)  # 4 full batches of 64, the rest left out
+    assert len(short["lr"]) == 4 and short["lr"][-1] == pytest.approx(10.0)
+    assert [probes.exponential_lr(0.01, 1.0, 2)(k) for k in (0, 1)] == pytest.approx([0.01, 1.0])
 
 
 def test_smoothed_is_a_bias_corrected_moving_average():
     assert probes.smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # no pull toward 0 at the start
     assert probes.smoothed([1.0, 3.0], beta=0.5) == pytest.approx([1.0, (0.5 * 0.5 + 0.5 * 3.0) / (1 - 0.5 ** 2)])
+
+
+def test_the_edges_of_divergence_unsmoothed():
+    """With beta = 0 the smoothed loss is the loss itself, so each rule can be met exactly (binary fractions)."""
+    def step(losses, min_improvement=0.125):
+        return probes.divergence_step(losses, beta=0.0, min_improvement=min_improvement)
+
+    assert probes.divergence_step([math.nan, 1.0]) == 0  # not a number from the first step
+    assert step([1.0, 3.0, 3.0]) is None  # only rose: it never learned, so there is nothing to lose
+    assert step([1.0, 0.875, 5.0]) == 2  # an improvement of exactly min_improvement of the start counts
+    assert step([2.0, 1.875, 10.0]) is None  # 0.125 of 2.0 is 1/16 of it: below min_improvement
+    assert step([1.0, 8.0, 0.5, 5.0]) == 3  # measured against the start, not against the second step
+    assert step([1.0, 0.5, 0.75, 5.0]) == 3  # at the midpoint (0.75) is not above it yet
+
+
+def test_a_network_learned_when_its_lowest_smoothed_loss_is_below_90_percent_of_chance():
+    lrs = [0.001 * 1.1 ** k for k in range(30)]
+    for loss, learned in ((2.05, True), (2.1, False)):  # 0.9 ln 10 = 2.072
+        assert probes.range_summary({"lr": lrs, "loss": [loss] * 30})["learned"] is learned
 
 
 def test_divergence_is_where_the_loss_leaves_for_good_not_a_spike_it_recovers_from():
@@ -123,6 +146,7 @@ def test_the_divergence_point_depends_on_the_smoothing_and_both_are_reported():
     assert (summary["diverged_lr"], summary["diverged_lr_long"]) == (lrs[short], lrs[long])
     row = probes.divergence_table([curve, dict(curve, seed=2, loss=[2.3] * 20 + [0.5] * 100)]).splitlines()[2]
     assert row.startswith("| LN | 2 | ") and f"({lrs[short]:.3g}, never) |" in row and f"({lrs[long]:.3g}, never) |" in row
+    assert row.count("| not in the range (") == 2  # the median of one learning rate and "never" is never
 
 
 def test_range_tests_are_stored_and_loaded_not_run_again(tiny, tmp_path, capsys):
@@ -141,32 +165,63 @@ def test_range_tests_are_stored_and_loaded_not_run_again(tiny, tmp_path, capsys)
     assert probes.lr_range_or_load(specs, tmp_path, tiny) == first  # run again, to the same curve
     out = capsys.readouterr().out
     assert f"entry {damaged} is unreadable (KeyError" in out and out.count("run now") == 1
-    damaged.write_text(damaged.read_text().replace('"loss": [', '"loss": "not a list", "was": ['))  # rewritten: damage again
+    damaged.write_text(damaged.read_text().replace('"loss": [', '"loss": "not a list", "was": ['))  # again
     assert probes.lr_range_or_load(specs, tmp_path, tiny) == first
     assert f"entry {damaged} is unreadable (TypeError: its curve holds no list of losses); running it again" in \
         capsys.readouterr().out
+
+
+def test_the_committed_range_tests_are_what_lr_range_spec_makes_of_their_settings():
+    """Each committed range test's spec (its run store key) rebuilt from its settings: the notebook finds them all."""
+    runs = Path(__file__).resolve().parent.parent / "runs"
+    committed = [json.loads(path.read_text())["spec"] for path in runs.glob("*.json")]
+    ranges = [spec for spec in committed if spec.get("kind") == "lr_range_test"]
+    assert len(ranges) == 12  # 3 seeds of BN, LN, GN and no norm
+    for spec in ranges:
+        assert probes.lr_range_spec({"name": spec["name"], "model": spec["model"]}, spec["seed"], spec["batch_size"],
+                                    spec["lr_min"], spec["lr_max"], spec["train_size"], spec["device"]) == spec
 
 
 def test_a_range_test_entry_records_its_key_spec_code_and_how_it_ran(tiny, tmp_path, capsys):
     specs = [probes.lr_range_spec({"name": "BN", "model": {"norm": "bn"}}, seed, batch_size=64, train_size=256)
              for seed in (1, 2)]  # one network's seeds: run together
     start = time.perf_counter()
-    probes.lr_range_or_load(specs, tmp_path, tiny, verbose=False)
+    curves = probes.lr_range_or_load(specs, tmp_path / "a" / "store", tiny, verbose=False)  # folders made
     elapsed = time.perf_counter() - start
-    assert capsys.readouterr().out.startswith("2 range tests: 0 loaded from the store, 2 run now; run on CPU (")
+    where = f"{utils.device_name('cpu')}, 2 seeds together"
+    assert capsys.readouterr().out == f"2 range tests: 0 loaded from the store, 2 run now; run on {where}\n"
+    assert [(c["seed"], c["trained_on"]) for c in curves] == [(1, f"{where}, torch {torch.__version__}"),
+                                                              (2, f"{where}, torch {torch.__version__}")]
+    tmp_path = tmp_path / "a" / "store"
     entries = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    assert all(p.read_text() == json.dumps(json.loads(p.read_text()), indent=1) for p in tmp_path.glob("*.json"))
     assert sorted(e["spec"]["seed"] for e in entries.values()) == [1, 2]
     for key, entry in entries.items():
         assert entry["key"] == key == store.run_key(entry["spec"], probes.LR_RANGE_CODE)
         assert entry["code_version"] == store.training_code_version(*probes.LR_RANGE_CODE)
-        assert entry["trained_on"] == f"{utils.device_name('cpu')}, 2 seeds together"
+        assert entry["trained_on"] == where
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", entry["trained_at"])
         assert 0 < entry["seconds"] <= elapsed / 2  # each seed's share of the pair's time
     probes.lr_range_or_load(specs[:1], tmp_path, tiny, retrain=True)
     out = capsys.readouterr().out
     assert "run now" in out and "loaded" not in out
-    alone = json.loads((tmp_path / f"{store.run_key(specs[0], probes.LR_RANGE_CODE)}.json").read_text())
+    path = tmp_path / f"{store.run_key(specs[0], probes.LR_RANGE_CODE)}.json"
+    alone = json.loads(path.read_text())
     assert alone["trained_on"] == utils.device_name("cpu")  # one seed: nothing "together"
+    n = len(alone["curve"]["loss"])
+    line = (f"            BN seed 1: {n} steps, %s | loaded from the store (run {alone['trained_at']} on "
+            f"{alone['trained_on']})\n")
+    probes.lr_range_or_load(specs[:1], tmp_path, tiny)
+    assert capsys.readouterr().out == line % "did not diverge"
+    alone["curve"]["loss"] = [2.3, 0.5, 0.5, 50.0][:n]  # a curve that leaves for good
+    path.write_text(json.dumps(alone))
+    step = probes.divergence_step(alone["curve"]["loss"])
+    probes.lr_range_or_load(specs[:1], tmp_path, tiny)
+    assert capsys.readouterr().out == line % f"diverged at lr {alone['curve']['lr'][step]:.3g}"
+    capsys.readouterr()
+    probes.lr_range_or_load(specs, tmp_path, tiny, verbose=False)
+    both = f"{utils.device_name('cpu')} and {where}"
+    assert capsys.readouterr().out == f"2 range tests: 2 loaded from the store; run on {both}\n"
 
 
 # ---------------------------------------------------------------- activation statistics

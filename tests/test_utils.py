@@ -89,7 +89,7 @@ def test_the_training_functions_default_to_the_notebooks_settings(tiny, capsys):
     notebook = json.loads((REPOSITORY_RAW.parents[2] / "experiments.ipynb").read_text())
     cell = "".join(next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))["source"])
     default = {name: ast.literal_eval(re.search(rf'^{name} = from_env\("{name}", ([^)]+)\)', cell, re.M)[1])
-               for name in ("BATCH_SIZE", "MAX_LR", "LR_TEST_MIN", "LR_TEST_MAX")}
+               for name in ("BATCH_SIZE", "MAX_LR", "LR_TEST_MIN", "LR_TEST_MAX", "LR_TEST_TRAIN_SIZE")}
     [(model, history)] = utils.train_model({"name": "plain"}, tiny, 1)
     assert "plain seed 1 epoch  1/1" in capsys.readouterr().out
     assert repr(model) == repr(Net("bn")) and history["params"] == 9_752
@@ -97,8 +97,8 @@ def test_the_training_functions_default_to_the_notebooks_settings(tiny, capsys):
     spec, lr_range = store.run_spec(config, 1, 1), probes.lr_range_spec(config, 1)
     for trained in (history, spec):
         assert (trained["batch_size"], trained["max_lr"]) == (default["BATCH_SIZE"], default["MAX_LR"])
-    assert (lr_range["batch_size"], lr_range["lr_min"], lr_range["lr_max"]) == (
-        default["BATCH_SIZE"], default["LR_TEST_MIN"], default["LR_TEST_MAX"])
+    assert (lr_range["batch_size"], lr_range["lr_min"], lr_range["lr_max"], lr_range["train_size"]) == (
+        default["BATCH_SIZE"], default["LR_TEST_MIN"], default["LR_TEST_MAX"], default["LR_TEST_TRAIN_SIZE"])
 
 
 def test_offline_without_files_says_where_to_put_them(tmp_path, monkeypatch):
