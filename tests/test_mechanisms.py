@@ -185,16 +185,16 @@ def test_the_committed_range_tests_are_what_lr_range_spec_makes_of_their_setting
 def test_a_range_test_entry_records_its_key_spec_code_and_how_it_ran(tiny, tmp_path, capsys):
     specs = [probes.lr_range_spec({"name": "BN", "model": {"norm": "bn"}}, seed, batch_size=64, train_size=256)
              for seed in (1, 2)]  # one network's seeds: run together
+    folder = tmp_path / "a" / "store"  # made on the way
     start = time.perf_counter()
-    curves = probes.lr_range_or_load(specs, tmp_path / "a" / "store", tiny, verbose=False)  # folders made
+    curves = probes.lr_range_or_load(specs, folder, tiny, verbose=False)
     elapsed = time.perf_counter() - start
     where = f"{utils.device_name('cpu')}, 2 seeds together"
     assert capsys.readouterr().out == f"2 range tests: 0 loaded from the store, 2 run now; run on {where}\n"
     assert [(c["seed"], c["trained_on"]) for c in curves] == [(1, f"{where}, torch {torch.__version__}"),
                                                               (2, f"{where}, torch {torch.__version__}")]
-    tmp_path = tmp_path / "a" / "store"
-    entries = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
-    assert all(p.read_text() == json.dumps(json.loads(p.read_text()), indent=1) for p in tmp_path.glob("*.json"))
+    entries = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    assert all(p.read_text() == json.dumps(json.loads(p.read_text()), indent=1) for p in folder.glob("*.json"))
     assert sorted(e["spec"]["seed"] for e in entries.values()) == [1, 2]
     for key, entry in entries.items():
         assert entry["key"] == key == store.run_key(entry["spec"], probes.LR_RANGE_CODE)
@@ -202,24 +202,23 @@ def test_a_range_test_entry_records_its_key_spec_code_and_how_it_ran(tiny, tmp_p
         assert entry["trained_on"] == where
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", entry["trained_at"])
         assert 0 < entry["seconds"] <= elapsed / 2  # each seed's share of the pair's time
-    probes.lr_range_or_load(specs[:1], tmp_path, tiny, retrain=True)
+    probes.lr_range_or_load(specs[:1], folder, tiny, retrain=True)
     out = capsys.readouterr().out
     assert "run now" in out and "loaded" not in out
-    path = tmp_path / f"{store.run_key(specs[0], probes.LR_RANGE_CODE)}.json"
+    path = folder / f"{store.run_key(specs[0], probes.LR_RANGE_CODE)}.json"
     alone = json.loads(path.read_text())
     assert alone["trained_on"] == utils.device_name("cpu")  # one seed: nothing "together"
     n = len(alone["curve"]["loss"])
     line = (f"            BN seed 1: {n} steps, %s | loaded from the store (run {alone['trained_at']} on "
             f"{alone['trained_on']})\n")
-    probes.lr_range_or_load(specs[:1], tmp_path, tiny)
+    probes.lr_range_or_load(specs[:1], folder, tiny)
     assert capsys.readouterr().out == line % "did not diverge"
     alone["curve"]["loss"] = [2.3, 0.5, 0.5, 50.0][:n]  # a curve that leaves for good
     path.write_text(json.dumps(alone))
     step = probes.divergence_step(alone["curve"]["loss"])
-    probes.lr_range_or_load(specs[:1], tmp_path, tiny)
+    probes.lr_range_or_load(specs[:1], folder, tiny)
     assert capsys.readouterr().out == line % f"diverged at lr {alone['curve']['lr'][step]:.3g}"
-    capsys.readouterr()
-    probes.lr_range_or_load(specs, tmp_path, tiny, verbose=False)
+    probes.lr_range_or_load(specs, folder, tiny, verbose=False)
     both = f"{utils.device_name('cpu')} and {where}"
     assert capsys.readouterr().out == f"2 range tests: 2 loaded from the store; run on {both}\n"
 

@@ -20,7 +20,8 @@ import store
 import utils
 from model import Net
 
-REPOSITORY_RAW = Path(__file__).resolve().parent.parent / "data" / "MNIST" / "raw"  # where CI and conftest put MNIST
+ROOT = Path(__file__).resolve().parent.parent
+RAW = ROOT / "data" / "MNIST" / "raw"  # where CI and conftest put MNIST
 
 
 def test_mnist_is_loaded_normalized_on_the_device(mnist):
@@ -35,7 +36,7 @@ def test_mnist_is_loaded_normalized_on_the_device(mnist):
 
 
 def test_load_mnist_reads_data_by_default_and_puts_both_splits_on_the_device_asked(mnist, monkeypatch):
-    monkeypatch.chdir(REPOSITORY_RAW.parents[2])
+    monkeypatch.chdir(ROOT)
     (_, _), (test_x, test_y) = utils.load_mnist()
     assert test_x.device.type == "cpu" and torch.equal(test_x, mnist[1][0]) and torch.equal(test_y, mnist[1][1])
     splits = utils.load_mnist("data", "meta")  # meta stands in for a GPU
@@ -86,7 +87,7 @@ def test_the_device_name_counts_the_cpu_threads():
 def test_the_training_functions_default_to_the_notebooks_settings(tiny, capsys):
     """Called without them, train_model, run_spec and lr_range_spec train what the notebook's defaults train;
     train_model shows its progress, and a config without a model trains the default (BN) Net without penalties."""
-    notebook = json.loads((REPOSITORY_RAW.parents[2] / "experiments.ipynb").read_text())
+    notebook = json.loads((ROOT / "experiments.ipynb").read_text())
     cell = "".join(next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))["source"])
     default = {name: ast.literal_eval(re.search(rf'^{name} = from_env\("{name}", ([^)]+)\)', cell, re.M)[1])
                for name in ("BATCH_SIZE", "MAX_LR", "LR_TEST_MIN", "LR_TEST_MAX", "LR_TEST_TRAIN_SIZE")}
@@ -116,7 +117,7 @@ def test_a_failed_download_leaves_the_files_that_were_there(tmp_path, monkeypatc
     monkeypatch.setattr(utils.datasets.MNIST, "mirrors", [f"file://{tmp_path}/no-such-mirror/"])
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    (raw / "t10k-labels-idx1-ubyte").write_bytes((REPOSITORY_RAW / "t10k-labels-idx1-ubyte").read_bytes())
+    (raw / "t10k-labels-idx1-ubyte").write_bytes((RAW / "t10k-labels-idx1-ubyte").read_bytes())
     with pytest.raises(utils.MnistMissingError):
         utils.load_mnist(tmp_path)
     assert (raw / "t10k-labels-idx1-ubyte").exists()
@@ -129,9 +130,10 @@ def test_online_the_missing_files_are_downloaded_with_one_line_of_output(tmp_pat
     mirror, resources = tmp_path / "mirror", []
     mirror.mkdir()
     for name in utils.MNIST_FILES:
-        packed = gzip.compress((REPOSITORY_RAW / name).read_bytes(), compresslevel=0)  # stored, not packed: quick
+        packed = gzip.compress((RAW / name).read_bytes(), compresslevel=0)  # stored, not packed: quick
         (mirror / f"{name}.gz").write_bytes(packed)
         resources.append((f"{name}.gz", hashlib.md5(packed).hexdigest()))
+
     class QuietHandler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):  # the server's request log would land in the captured stderr
             pass
