@@ -26,7 +26,6 @@ from torchvision import datasets, transforms
 
 import store
 import utils
-from model import Net, pack
 
 KINDS = {  # name: (Net kwargs, L1 lambda)
     "BN": ({"norm": "bn"}, 0.0), "BN + L1": ({"norm": "bn"}, 5e-5), "LN": ({"norm": "ln"}, 0.0),
@@ -57,19 +56,13 @@ def training_step(kind, seeds, device, data_dir, threads=None):
         torch.set_num_threads(threads)
     model_kwargs, l1 = KINDS[kind]
     (x, y), _ = store.cached_mnist(data_dir, torch.device(device))
-    nets = []
-    for seed in range(1, seeds + 1):
-        utils.set_seed(seed)
-        nets.append(Net(**model_kwargs))
-    model = pack(nets).to(device)
-    generators = [utils.seed_stream(seed, device) for seed in range(1, seeds + 1)]
-    model.draw_from(generators)
+    model, generators = utils.packed_seeds(model_kwargs, range(1, seeds + 1), device)
     optimizer = utils.make_optimizer(model, 0.1)
     scheduler = utils.make_scheduler(optimizer, 0.1, 10_000)
     batches = (batch for _ in itertools.count() for batch in utils.training_batches(x, y, 128, generators))
 
     def step():  # the batch's gathering and augmentation included; train_epoch ends in .tolist(): the step is done
-        utils.train_epoch(model, optimizer, scheduler, itertools.islice(batches, 1), l1)
+        utils.train_epoch(model, optimizer, scheduler, itertools.islice(batches, 1), l1=l1)
 
     step()
     return step
@@ -153,10 +146,7 @@ def compare_loops(args, device):
     train_loader, test_loader = classic_loaders(args.data, 128, args.workers, device)
     rows = []
     for path in ("classic", "on-device"):
-        utils.set_seed(1)
-        model = Net("bn").to(device)
-        stream = utils.seed_stream(1, device)
-        model.draw_from([stream])
+        model, [stream] = utils.packed_seeds({"norm": "bn"}, [1], device)
         optimizer = utils.make_optimizer(model, 0.1)
         scheduler = utils.make_scheduler(optimizer, 0.1, args.epochs * STEPS_PER_EPOCH)
         seconds = []

@@ -1,21 +1,17 @@
-"""The looks under the hood: the learning-rate range test (stored like a run), activation statistics by forward
-hooks, the GroupNorm group-count sweep and the analysis of what the regularizers did to the weights."""
+"""The looks under the hood, measured and analysed: the layer table, the range tests' curves (smoothing and the
+divergence point), activation statistics by forward hooks, the GroupNorm group-count sweep and what the regularizers
+did to the weights. Nothing here trains or stores a run: the run store (store.py) does that."""
 import copy
-import json
 import math
 import statistics
-import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Net, norm_layer, pack
+from model import norm_layer
 from stats import by_name, compare_family, family_table, mean_sd
-from store import seed_groups, write_atomically, run_key, training_code_version
-from utils import (conv_weights, device_name, make_optimizer, seed_stream, set_seed, train_epoch,
-                   training_batches)
+from utils import conv_weights
 
 
 NORM_LAYERS = (nn.BatchNorm2d, nn.GroupNorm)
@@ -50,11 +46,6 @@ def layer_table(models):
     return "\n".join(rows)
 
 
-def exponential_lr(lr_min, lr_max, steps):
-    """The learning rate of step k = 0 .. steps - 1: from lr_min to lr_max by a constant factor per step."""
-    return lambda k: lr_min * (lr_max / lr_min) ** (k / max(1, steps - 1))
-
-
 def smoothed(values, beta=0.9):
     """Bias-corrected exponential moving average of `values` (about the last 1 / (1 - beta) values weigh)."""
     average, out = 0.0, []
@@ -86,108 +77,6 @@ def divergence_step(losses, beta=0.9, min_improvement=0.1):
     midpoint = (values[0] + min(finite)) / 2
     step = 1 + max(step for step, v in enumerate(finite) if v <= midpoint)
     return step if step < len(values) else None
-
-
-def lr_range_test(specs, data):
-    """Train Net(**spec["model"]) of each of `specs`, which differ in their seed only, together (one Net of as many
-    copies) for at most one epoch of spec["train_size"] images with the learning rate raised exponentially from
-    spec["lr_min"] to spec["lr_max"]; returns one {"lr": [...], "loss": [...]} per spec, a point per step.
-
-    Same optimizer (SGD, Nesterov momentum 0.95), augmentation and one training loop as the study, no penalty; the
-    loss is each batch's, before its step. The whole epoch runs (the curve after divergence shows whether the net
-    recovers or collapses to chance); a seed's curve ends where its loss stops being a number, and the epoch where
-    every seed's has. The seeds are side by side in one net, so a seed that diverges does not touch the others.
-    """
-    spec = specs[0]
-    (train_x, train_y), _ = data
-    train_x, train_y = train_x[:spec["train_size"]], train_y[:spec["train_size"]]
-    nets = []
-    for s in specs:
-        set_seed(s["seed"])
-        nets.append(Net(**spec["model"]))
-    model = pack(nets).to(train_x.device)
-    generators = [seed_stream(s["seed"], train_x.device) for s in specs]
-    model.draw_from(generators)
-    steps = len(train_x) // spec["batch_size"]
-    optimizer = make_optimizer(model, spec["lr_min"])
-    lr_at = exponential_lr(spec["lr_min"], spec["lr_max"], steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_at(k) / spec["lr_min"])
-    curves = [{"lr": [], "loss": []} for _ in specs]
-    for batch in training_batches(train_x, train_y, spec["batch_size"], generators):
-        lr = optimizer.param_groups[0]["lr"]
-        for curve, loss in zip(curves, train_epoch(model, optimizer, scheduler, [batch])[0]):
-            if not curve["loss"] or math.isfinite(curve["loss"][-1]):
-                curve["lr"].append(lr)
-                curve["loss"].append(loss)
-        if not any(math.isfinite(curve["loss"][-1]) for curve in curves):
-            break
-    return curves
-
-
-LR_RANGE_CODE = (exponential_lr, lr_range_test)  # what decides a range test's curve
-
-
-def lr_range_spec(config, seed, batch_size=128, lr_min=1e-3, lr_max=100.0, train_size=60_000, device="cpu"):
-    """What sets a learning-rate range test's result, as a JSON-ready dict (its run store key, with LR_RANGE_CODE)."""
-    return {"kind": "lr_range_test", "name": config["name"], "model": dict(config["model"]), "seed": seed,
-            "batch_size": batch_size, "lr_min": float(lr_min), "lr_max": float(lr_max), "train_size": train_size,
-            "device": torch.device(device).type}
-
-
-def _load_range_test(path):
-    """The stored entry at `path`, or None when there is none or it is unreadable (reported)."""
-    if not path.exists():
-        return None
-    try:
-        entry = json.loads(path.read_text())
-        if not isinstance(entry["curve"]["loss"], list):
-            raise TypeError("its curve holds no list of losses")
-        return entry
-    except (ValueError, KeyError, TypeError) as error:
-        print(f"run store: entry {path} is unreadable ({type(error).__name__}: {error}); running it again")
-        return None
-
-
-def lr_range_or_load(specs, store, data, retrain=False, verbose=True):
-    """The curve of every range test in `specs`, loaded from the run store or run here (the missing seeds of a network
-    together) and stored (one JSON each).
-
-    Each curve is {"name", "seed", "lr", "loss", "trained_on"}; a line per test (`verbose`), or one line in all, says
-    what was loaded or run.
-    """
-    paths = [Path(store) / f"{run_key(spec, LR_RANGE_CODE)}.json" for spec in specs]
-    entries = {path: None if retrain else _load_range_test(path) for path in paths}
-    how = {path: f"loaded from the store (run {entry['trained_at']} on {entry['trained_on']})"
-           for path, entry in entries.items() if entry}
-    for group in seed_groups([spec for spec, path in zip(specs, paths) if entries[path] is None]):
-        start = time.perf_counter()
-        curves = lr_range_test(group, data)
-        seconds = (time.perf_counter() - start) / len(group)
-        where = device_name(group[0]["device"]) + (f", {len(group)} seeds together" if len(group) > 1 else "")
-        for spec, curve in zip(group, curves):
-            path = Path(store) / f"{run_key(spec, LR_RANGE_CODE)}.json"
-            entries[path] = {"key": path.stem, "spec": spec, "code_version": training_code_version(*LR_RANGE_CODE),
-                             "trained_on": where, "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                             "seconds": seconds, "torch": torch.__version__, "curve": curve}
-            Path(store).mkdir(parents=True, exist_ok=True)
-            write_atomically(path, json.dumps(entries[path], indent=1).encode())
-            how[path] = f"run now, {seconds:.0f} s"
-    curves = []
-    for spec, path in zip(specs, paths):
-        curve = entries[path]["curve"]
-        step = divergence_step(curve["loss"])
-        where = f"diverged at lr {curve['lr'][step]:.3g}" if step is not None else "did not diverge"
-        if verbose:
-            print(f"{spec['name']:>14} seed {spec['seed']}: {len(curve['loss'])} steps, {where} | {how[path]}",
-                  flush=True)
-        curves.append({"name": spec["name"], "seed": spec["seed"], **curve,
-                       "trained_on": f"{entries[path]['trained_on']}, torch {entries[path]['torch']}"})
-    if not verbose:
-        run_now = sum(h.startswith("run now") for h in how.values())
-        print(f"{len(specs)} range tests: {len(specs) - run_now} loaded from the store"
-              + (f", {run_now} run now" if run_now else "") + "; run on "
-              + " and ".join(sorted({entry["trained_on"] for entry in entries.values()})), flush=True)
-    return curves
 
 
 def range_summary(curve):

@@ -1,15 +1,12 @@
 """The run store and parallel runs: a run's spec and key (a hash of the spec and of the training code), saving and
 loading entries, and train_or_load, which loads what the store has and trains the rest in worker processes."""
-import ast
 import functools
 import hashlib
-import inspect
 import io
 import json
 import os
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -17,13 +14,14 @@ import joblib
 import torch
 from tqdm import tqdm
 
+import fingerprint
 from model import Net
-from utils import (MNIST_MEAN, MNIST_STD, MOMENTUM, augment, conv_weights, device_name, evaluate, final_evaluation,
-                   l1_penalty, load_mnist, make_optimizer, make_scheduler, misclassified, predict, seed_stream, set_seed,
-                   train_epoch, train_model, training_batches)
+from probes import divergence_step
+from utils import (GPU_SETTINGS, device_name, first_training_images, load_mnist, lr_range_test, processor_name,
+                   train_model)
 
 
-def run_spec(config, seed, epochs, batch_size=128, max_lr=0.1, device="cpu", train_size=60_000,
+def run_spec(config, seed, epochs, *, batch_size=128, max_lr=0.1, device="cpu", train_size=60_000,
              micro_batch_size=None):
     """Everything that sets a training run's result, as a JSON-ready dict: the run store's key and a worker's job.
 
@@ -36,60 +34,34 @@ def run_spec(config, seed, epochs, batch_size=128, max_lr=0.1, device="cpu", tra
             "device": torch.device(device).type}
 
 
-def _without_docstrings(source):
-    """The AST of `source` as text, docstrings and comments left out: the code's meaning, not its wording."""
-    tree = ast.parse(textwrap.dedent(source))
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return _dump(tree)
+def lr_range_spec(config, seed, *, batch_size=128, lr_min=1e-3, lr_max=100.0, train_size=60_000, device="cpu"):
+    """What sets a learning-rate range test's result, as a JSON-ready dict: its store key and its job."""
+    return {"kind": "lr_range_test", "name": config["name"], "model": dict(config["model"]), "seed": seed,
+            "batch_size": batch_size, "lr_min": float(lr_min), "lr_max": float(lr_max), "train_size": train_size,
+            "device": torch.device(device).type}
 
 
-_FIELDS_AFTER_3_11 = {"type_params"}  # AST fields newer Pythons added; empty in code that does not use them
-
-
-def _dump(node):
-    """`ast.dump(node)` as Python 3.11 writes it, on any Python: 3.12 added `type_params=[]` and 3.13 leaves out empty
-    lists, which would give the same code another key there (and every stored run a miss)."""
-    if isinstance(node, list):
-        return f"[{', '.join(map(_dump, node))}]"
-    if not isinstance(node, ast.AST):
-        return repr(node)
-    kind = type(node).__name__
-    shown = []
-    for name in node._fields:
-        value = getattr(node, name, None)
-        unset = value is None and not (name == "value" and kind in ("Constant", "MatchSingleton"))  # None is a value
-        if not unset and not (name in _FIELDS_AFTER_3_11 and value == []):
-            shown.append(f"{name}={_dump(value)}")
-    return f"{kind}({', '.join(shown)})"
-
-
-def training_code_version(*extra_code):
-    """A hash of the code that decides a run's numbers: model.py, the training and test functions, the data constants,
-    and the functions `extra_code` of an experiment that trains its own way (the learning-rate range test).
-
-    Part of every run's key, so a stored run is never reused after that code changes; editing a docstring,
-    a comment, a plot or a table leaves it alone.
-    """
-    return _code_hash(TRAINING_CODE + extra_code)
-
-
-@functools.cache  # once per process and set of functions: editing utils.py while runs train must not change their keys
-def _code_hash(functions):
-    import model as model_module
-    sources = [inspect.getsource(model_module)] + [inspect.getsource(f) for f in functions]
-    text = "\n".join(map(_without_docstrings, sources)) + repr((MNIST_MEAN, MNIST_STD, MOMENTUM))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def run_key(spec, extra_code=()):
-    """The store key of a run: a hash of its spec (without the display name) and of the training code."""
+def run_key(spec, code):
+    """The store key of a run or range test: a hash of its spec (without the display name), of `code`, the name of
+    the fingerprint its configuration matches (fingerprint.py), and on a GPU of the settings that only a GPU reads."""
     identity = {k: v for k, v in spec.items() if k != "name"}
-    identity["code"] = training_code_version(*extra_code)
+    identity["code"] = code
+    if spec["device"] == "cuda":
+        identity["gpu"] = GPU_SETTINGS
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def keyed(specs, store, data_dir="data"):
+    """[(spec, key, code)] of `specs`, in order: `code` the name of the fingerprint of today's code for the spec's
+    configuration (computed only when the project's code changed since the store last saw it; MNIST is read from
+    `data_dir` then), `key` its store key. Refuses the same run twice."""
+    same = [run_key(spec, "") for spec in specs]
+    for i, key in enumerate(same):
+        if key in same[:i]:
+            raise ValueError(f"the same run twice ({specs[i]}): it would count twice in every mean and test; pass "
+                             f"each run once")
+    codes = fingerprint.names(specs, store, lambda: cached_mnist(data_dir, "cpu"), write_atomically)
+    return [(spec, run_key(spec, code), code) for spec, code in zip(specs, codes)]
 
 
 STALE_AFTER_SECONDS = 600  # a temporary file this old is left over from a killed save (a save takes milliseconds)
@@ -131,35 +103,38 @@ def remove_stale_temporaries(store, older_than=STALE_AFTER_SECONDS):
             pass
 
 
-def save_run(store, spec, model, history, trained_on):
-    """Store a finished run: its state_dict as `<key>.<hash>.pt`, then `<key>.json` (spec, history, when, where, and the
-    weights' file name and hash).
+def save_entry(store, job, result, *, trained_on, seconds, model=None):
+    """Store a finished run or range test, `job` (spec, key, code) as keyed() gives it: `<key>.json` with its spec,
+    `result` ({"history": ...} of a
+    run, {"curve": ...} of a range test), the code's fingerprint name, when, where and on which processor; a run's
+    weights first, as `<key>.<hash>.pt`.
 
     The JSON is written last and names its own weights file, so an entry is complete once its JSON exists, and two
     writers of the same key (two processes training the same missing run) leave a JSON beside the weights it names,
     whichever renames last; the loser's weights file stays behind, unused.
     """
+    spec, key, code = job
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(store)
-    key = run_key(spec)
-    buffer = io.BytesIO()
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
-    weights = buffer.getvalue()
-    digest = hashlib.sha256(weights).hexdigest()
-    weights_file = f"{key}.{digest[:16]}.pt"
-    write_atomically(store / weights_file, weights)
-    entry = {"key": key, "spec": spec, "code_version": training_code_version(),
-             "trained_on": trained_on, "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-             "seconds": sum(history["seconds"]), "torch": torch.__version__,
-             "weights_file": weights_file, "weights_sha256": digest, "history": history}
-    write_atomically(store / f"{key}.json", json.dumps(entry, indent=1).encode())
+    entry = {"key": key, "spec": spec, "code_version": code,
+             "trained_on": trained_on, "processor": processor_name(), "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "seconds": seconds, "torch": torch.__version__}
+    if model is not None:
+        buffer = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
+        weights = buffer.getvalue()
+        digest = hashlib.sha256(weights).hexdigest()
+        entry.update(weights_file=f"{key}.{digest[:16]}.pt", weights_sha256=digest)
+        write_atomically(store / entry["weights_file"], weights)
+    write_atomically(store / f"{key}.json", json.dumps({**entry, **result}, indent=1).encode())
     return key
 
 
-def load_run(store, spec, device="cpu"):
-    """The stored (model, entry) of `spec`, or None when there is none; a damaged entry is reported, never used."""
-    key = run_key(spec)
+def load_entry(store, job, device="cpu"):
+    """The stored (model or None, entry) of `job` (spec, key, code), or None when there is none; a damaged entry is
+    reported, never used. A run's entry holds its weights (the model, on `device`), a range test's its curve."""
+    spec, key, _ = job
     path = Path(store) / f"{key}.json"
     if not path.exists():
         return None
@@ -167,17 +142,24 @@ def load_run(store, spec, device="cpu"):
         entry = json.loads(path.read_text())
         if entry["key"] != key:
             raise ValueError(f"it holds the run of key {entry['key']}, not {key}: copied or renamed from another entry")
-        weights = (Path(store) / entry["weights_file"]).read_bytes()
-        if hashlib.sha256(weights).hexdigest() != entry["weights_sha256"]:
-            raise ValueError(f"its weights file {entry['weights_file']} does not match the hash recorded in its JSON")
-        model = Net(**spec["model"])
-        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
-        entry["history"].update(name=spec["name"], trained_on=f"{entry['trained_on']}, torch {entry['torch']}")
+        model = None
+        if spec.get("kind") == "lr_range_test":
+            if not isinstance(entry["curve"]["loss"], list):
+                raise TypeError("its curve holds no list of losses")
+        else:
+            weights = (Path(store) / entry["weights_file"]).read_bytes()
+            if hashlib.sha256(weights).hexdigest() != entry["weights_sha256"]:
+                raise ValueError(f"its weights file {entry['weights_file']} does not match the hash recorded in its "
+                                 f"JSON")
+            model = Net(**spec["model"])
+            model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+            model = model.to(device)
+            entry["history"].update(name=spec["name"], trained_on=f"{entry['trained_on']}, torch {entry['torch']}")
     except Exception as error:  # truncated or garbled JSON, a missing or damaged .pt, a wrong layout
         print(f"run store: entry {path} is unreadable ({type(error).__name__}: {error}); training it again",
               flush=True)
         return None
-    return model.to(device), entry
+    return model, entry
 
 
 @functools.cache
@@ -186,33 +168,35 @@ def cached_mnist(root, device):
     return load_mnist(root, device)
 
 
-def train_and_store(specs, store, data_dir="data", threads=None):
-    """Train the runs `specs`, which differ in their seed only, together (one Net of as many copies) on the first
-    spec["train_size"] training images, and store each as a run of its own; returns their store keys.
+def train_and_store(jobs, store, data_dir="data", threads=None):
+    """Train the runs `jobs` [(spec, key, code)], whose specs differ in their seed only, together (one Net of as many
+    copies) on the first spec["train_size"] training images, and store each as a run of its own; returns their keys.
 
     This is one job of a parallel worker, and the same call in the notebook's own process; `threads` sets
     torch's thread count there (the thread count changes the last digits of the results).
     """
     if threads:
         torch.set_num_threads(threads)
-    spec = specs[0]
+    spec = jobs[0][0]
     device = torch.device(spec["device"])
-    (train_x, train_y), test = cached_mnist(data_dir, device)
-    data = ((train_x[:spec["train_size"]], train_y[:spec["train_size"]]), test)
+    data = first_training_images(cached_mnist(data_dir, device), spec["train_size"])
     config = {k: spec[k] for k in ("name", "model", "l1", "l2")}
-    runs = train_model(config, data, spec["epochs"], spec["batch_size"], spec["max_lr"], [s["seed"] for s in specs],
-                       device, progress=False, micro_batch_size=spec["micro_batch_size"])
-    where = device_name(device) + (f", {len(specs)} seeds together" if len(specs) > 1 else "")
-    return [save_run(store, s, model, history, where) for s, (model, history) in zip(specs, runs)]
+    runs = train_model(config, data, spec["epochs"], batch_size=spec["batch_size"], max_lr=spec["max_lr"],
+                       seeds=[s["seed"] for s, _, _ in jobs], device=device, progress=False,
+                       micro_batch_size=spec["micro_batch_size"])
+    where = device_name(device) + (f", {len(jobs)} seeds together" if len(jobs) > 1 else "")
+    return [save_entry(store, job, {"history": history}, trained_on=where, seconds=sum(history["seconds"]),
+                       model=model) for job, (model, history) in zip(jobs, runs)]
 
 
-def seed_groups(specs, most=None):
-    """`specs` in groups that can train together, in order: runs that differ in their seed only, at most `most` a
-    group (None: no limit)."""
+def seed_groups(jobs, most=None):
+    """`jobs` [(spec, key, code)] in groups that can train together, in order: runs whose specs differ in their seed
+    only, at most `most` a group (None: no limit)."""
     groups = {}
-    for spec in specs:
-        groups.setdefault(json.dumps({k: v for k, v in spec.items() if k != "seed"}, sort_keys=True), []).append(spec)
-    most = most or len(specs)
+    for job in jobs:
+        same = json.dumps({k: v for k, v in job[0].items() if k != "seed"}, sort_keys=True)
+        groups.setdefault(same, []).append(job)
+    most = most or len(jobs)
     return [group[i:i + most] for group in groups.values() for i in range(0, len(group), most)]
 
 
@@ -248,7 +232,7 @@ def summary(loaded, trained):
             + f"; trained on {where}, {sum(entry['seconds'] for entry in entries):.0f} s of training in all")
 
 
-def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False, together=None, verbose=True):
+def train_or_load(specs, store="runs", data_dir="data", *, workers=1, retrain=False, together=None, verbose=True):
     """(model, history) for every spec, in order: loaded from `store` when there, trained and stored when not.
 
     The missing seeds of a configuration train together, at most `together` at a time (None: all), in `workers`
@@ -258,34 +242,30 @@ def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    keys = [run_key(spec) for spec in specs]
-    for i, key in enumerate(keys):
-        if key in keys[:i]:
-            raise ValueError(f"train_or_load was given the same run twice ({specs[i]}): it would count twice in "
-                             f"every mean and test; pass each run once")
+    jobs = keyed(specs, store, data_dir)
     sweep = any(spec["micro_batch_size"] != spec["batch_size"] for spec in specs)  # then every line names its size
-    results = [None if retrain else load_run(store, spec) for spec in specs]
+    results = [None if retrain else load_entry(store, job) for job in jobs]
     for spec, result in zip(specs, results):
         if result and verbose:
             print(describe_run(spec, result[1], trained_now=False, micro_batch=sweep), flush=True)
-    todo = seed_groups([spec for spec, result in zip(specs, results) if result is None], together)
+    todo = seed_groups([job for job, result in zip(jobs, results) if result is None], together)
     if todo:
         runs = sum(map(len, todo))
         threads = max(1, (os.cpu_count() or 1) // workers)
         if workers == 1:
-            jobs = (train_and_store(group, store, data_dir) for group in todo)
+            done = (train_and_store(group, store, data_dir) for group in todo)
         else:
-            jobs = joblib.Parallel(n_jobs=workers, return_as="generator_unordered")(
+            done = joblib.Parallel(n_jobs=workers, return_as="generator_unordered")(
                 joblib.delayed(train_and_store)(group, store, data_dir, threads) for group in todo)
         with tqdm(total=runs, desc=f"training {runs} runs in {len(todo)} group(s) on {workers} worker(s)",
                   unit="run", file=sys.stdout, ncols=110, ascii=" #") as bar:
-            for group_keys in jobs:
+            for group_keys in done:
                 for key in group_keys:
                     entry = json.loads((Path(store) / f"{key}.json").read_text())
                     if verbose:
                         bar.write(describe_run(entry["spec"], entry, trained_now=True, micro_batch=sweep))
                     bar.update()
-    loaded = [result or load_run(store, spec) for spec, result in zip(specs, results)]
+    loaded = [result or load_entry(store, job) for job, result in zip(jobs, results)]
     if any(result is None for result in loaded):
         raise RuntimeError(f"run store {store}: a run just trained could not be read back")
     if not verbose:
@@ -293,8 +273,43 @@ def train_or_load(specs, store="runs", data_dir="data", workers=1, retrain=False
     return [(model.to(torch.device(spec["device"])), entry["history"]) for spec, (model, entry) in zip(specs, loaded)]
 
 
-TRAINING_CODE = (set_seed, seed_stream, augment, training_batches, conv_weights, l1_penalty, make_optimizer,
-                 make_scheduler, train_epoch, predict, evaluate, train_model, final_evaluation, misclassified)
+def lr_range_or_load(specs, store, data, *, data_dir="data", retrain=False, verbose=True):
+    """The curve of every range test in `specs`, loaded from the run store or run here on `data` (the missing seeds
+    of a network together) and stored as entries of their own.
+
+    Each curve is {"name", "seed", "lr", "loss", "trained_on"}; a line per test (`verbose`), or one line in all, says
+    what was loaded or run.
+    """
+    jobs = keyed(specs, store, data_dir)
+    entries = {job[1]: None if retrain else load_entry(store, job) for job in jobs}
+    how = {key: f"loaded from the store (run {found[1]['trained_at']} on {found[1]['trained_on']})"
+           for key, found in entries.items() if found}
+    for group in seed_groups([job for job in jobs if entries[job[1]] is None]):
+        start = time.perf_counter()
+        curves = lr_range_test([spec for spec, _, _ in group], data)
+        seconds = (time.perf_counter() - start) / len(group)
+        where = device_name(group[0][0]["device"]) + (f", {len(group)} seeds together" if len(group) > 1 else "")
+        for job, curve in zip(group, curves):
+            save_entry(store, job, {"curve": curve}, trained_on=where, seconds=seconds)
+            entries[job[1]] = load_entry(store, job)
+            how[job[1]] = f"run now, {seconds:.0f} s"
+    curves = []
+    for spec, key, _ in jobs:
+        entry = entries[key][1]
+        curve = entry["curve"]
+        step = divergence_step(curve["loss"])
+        where = f"diverged at lr {curve['lr'][step]:.3g}" if step is not None else "did not diverge"
+        if verbose:
+            print(f"{spec['name']:>14} seed {spec['seed']}: {len(curve['loss'])} steps, {where} | {how[key]}",
+                  flush=True)
+        curves.append({"name": spec["name"], "seed": spec["seed"], **curve,
+                       "trained_on": f"{entry['trained_on']}, torch {entry['torch']}"})
+    if not verbose:
+        run_now = sum(h.startswith("run now") for h in how.values())
+        print(f"{len(specs)} range tests: {len(specs) - run_now} loaded from the store"
+              + (f", {run_now} run now" if run_now else "") + "; run on "
+              + " and ".join(sorted({entries[key][1]["trained_on"] for _, key, _ in jobs})), flush=True)
+    return curves
 
 
 def save_histories(histories, path):

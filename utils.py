@@ -7,6 +7,7 @@ never waiting for a CPU data pipeline.
 import contextlib
 import io
 import math
+import platform
 import shutil
 import struct
 import sys
@@ -39,15 +40,45 @@ def device_name(device):
     return f"CPU ({threads} thread{'s' * (threads != 1)})"
 
 
+def processor_name():
+    """The CPU's model name (from /proc/cpuinfo where there is one): recorded with each stored run, because two makes
+    of processor round float32 differently in the last bits."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown processor"
+
+
+GPU_SETTINGS = {  # what set_seed sets for a GPU, and so part of the key of every run on one (store.run_key)
+    "cudnn.deterministic": True, "cudnn.benchmark": False, "cudnn.allow_tf32": False, "cuda.matmul.allow_tf32": False}
+
+
 def set_seed(seed):
-    """Seed torch's global generator, from which a net draws its initial weights, and make every run repeatable and
-    fp32 on any device: cuDNN's autotuner off, and no TF32, which PyTorch uses for convolutions by default on Ampere
-    and newer GPUs (not on a T4, nor on the CPU), so that a run keyed "cuda" is one computation on every GPU."""
+    """Seed torch's global generator, from which a net draws its initial weights, and make every run fp32 on any
+    device and as repeatable as the device allows (GPU_SETTINGS): cuDNN's deterministic kernels and no autotuner, and
+    no TF32, which PyTorch uses for convolutions by default on Ampere and newer GPUs (not on a T4, nor on the CPU)."""
     torch.manual_seed(seed)  # CPU and all GPUs
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic = GPU_SETTINGS["cudnn.deterministic"]
+    torch.backends.cudnn.benchmark = GPU_SETTINGS["cudnn.benchmark"]
+    torch.backends.cudnn.allow_tf32 = GPU_SETTINGS["cudnn.allow_tf32"]
+    torch.backends.cuda.matmul.allow_tf32 = GPU_SETTINGS["cuda.matmul.allow_tf32"]
+
+
+def packed_seeds(model, seeds, device, micro_batch=None):
+    """The seeds of one configuration set up to train together: one Net(**model) of len(seeds) copies on `device`,
+    copy k drawing its initial weights from torch.manual_seed(seeds[k]) and its dropout masks from its seed's stream,
+    and those streams (seed_stream), from which the seeds' batches and augmentation are drawn too."""
+    nets = []
+    for seed in seeds:
+        set_seed(seed)
+        nets.append(Net(**model, micro_batch=micro_batch))
+    packed = pack(nets).to(device)
+    generators = [seed_stream(seed, device) for seed in seeds]
+    packed.draw_from(generators)
+    return packed, generators
 
 
 def seed_stream(seed, device):
@@ -145,6 +176,12 @@ def download_mnist(root, missing):
             f"decompressed files {', '.join(MNIST_FILES)} into {raw}/ (README: Offline)") from None
 
 
+def first_training_images(data, size):
+    """`data` ((train_x, train_y), test) with only the first `size` training images: a run's `train_size`."""
+    (train_x, train_y), test = data
+    return (train_x[:size], train_y[:size]), test
+
+
 def augment(images, uniforms, max_degrees=7.0, max_shift=2.0):
     """Rotate each image by up to `max_degrees` and shift it by up to `max_shift` pixels, all in one batch op; image
     i's angle and shifts are set by uniforms[i], three numbers in [0, 1) that its seed's stream drew.
@@ -160,7 +197,7 @@ def augment(images, uniforms, max_degrees=7.0, max_shift=2.0):
     return F.grid_sample(images - BACKGROUND, grid, align_corners=False) + BACKGROUND
 
 
-def training_batches(images, labels, batch_size, generators, augmented=True):
+def training_batches(images, labels, batch_size, generators, *, augmented=True):
     """One epoch of augmented training batches for the seeds trained together, seed k drawing its batch order and
     augmentation from generators[k]: a seed sees the same batches whether it trains alone or beside others.
 
@@ -214,12 +251,12 @@ def make_scheduler(optimizer, max_lr, total_steps):
                                                base_momentum=MOMENTUM[0], max_momentum=MOMENTUM[1])
 
 
-def train_epoch(model, optimizer, scheduler, loader, l1=0.0, on_step=None, micro_batch_size=None):
+def train_epoch(model, optimizer, scheduler, loader, *, l1=0.0, on_step=None, accumulation=None):
     """One training pass over `loader`, an iterable of (x, y) batches as training_batches makes them, for the seeds
     that `model` (a Net of as many copies) trains side by side.
 
     Each batch is one optimizer step on the sum of the seeds' mean losses, so each seed's weights get exactly their
-    own gradients. With `micro_batch_size`, the model sees the batch in chunks of that many samples and their
+    own gradients. With `accumulation`, the model sees the batch in chunks of that many samples and their
     gradients are summed before the step (gradient accumulation, what a GPU too small for the batch does): the step
     equals the whole batch's for LN and GN, while BN normalizes with each chunk's own statistics. The study's
     micro-batch sweep gets BN's chunk statistics in one pass instead (Net's micro_batch); this is the reference that
@@ -231,7 +268,7 @@ def train_epoch(model, optimizer, scheduler, loader, l1=0.0, on_step=None, micro
     loss_sums, hits, seen = [], [], 0
     for x, y in loader:
         optimizer.zero_grad(set_to_none=True)
-        for x_part, y_part in zip(x.split(micro_batch_size or len(y)), y.split(micro_batch_size or len(y))):
+        for x_part, y_part in zip(x.split(accumulation or len(y)), y.split(accumulation or len(y))):
             log_probs = model(x_part).view(*y_part.shape, -1)  # (samples, seeds, 10)
             loss_sum = F.nll_loss(log_probs.flatten(0, 1), y_part.flatten(), reduction="none").view_as(y_part).sum(0)
             (loss_sum.sum() / len(y)).backward()
@@ -281,7 +318,7 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seeds=(1,), device="cpu", progress=True,
+def train_model(config, data, epochs, *, batch_size=128, max_lr=0.1, seeds=(1,), device="cpu", progress=True,
                 micro_batch_size=None):
     """Train `Net(**config["model"])` once per seed in `seeds`, all seeds together as one Net of as many copies, for
     `epochs`, testing after each; returns [(model, history), ...], one plain Net and its history per seed.
@@ -300,19 +337,13 @@ def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seeds=(1,), de
     if steps == 0:
         raise ValueError(f"batch_size {batch_size} is larger than the {len(train_x)} training images")
     ghost = micro_batch_size if micro_batch_size and micro_batch_size < batch_size else None
-    nets = []
-    for seed in seeds:
-        set_seed(seed)
-        nets.append(Net(**config.get("model", {}), micro_batch=ghost))
-    model = pack(nets).to(device)
-    generators = [seed_stream(seed, device) for seed in seeds]
-    model.draw_from(generators)
+    model, generators = packed_seeds(config.get("model", {}), seeds, device, ghost)
     l1, l2 = config.get("l1", 0.0), config.get("l2", 0.0)
     optimizer = make_optimizer(model, max_lr, l2)
     scheduler = make_scheduler(optimizer, max_lr, epochs * steps)
     histories = [{"name": config["name"], "config": config, "seed": seed, "seeds_together": len(seeds),
                   "batch_size": batch_size, "micro_batch_size": micro_batch_size or batch_size, "max_lr": max_lr,
-                  "params": count_parameters(nets[0]), "epoch": [], "lr": [], "momentum": [], "seconds": [],
+                  "params": count_parameters(model) // len(seeds), "epoch": [], "lr": [], "momentum": [], "seconds": [],
                   "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []} for seed in seeds]
     label = f"{config['name']} seed{'s' * (len(seeds) > 1)} {','.join(map(str, seeds))}"
     for epoch in range(1, epochs + 1):
@@ -321,7 +352,7 @@ def train_model(config, data, epochs, batch_size=128, max_lr=0.1, seeds=(1,), de
                   mininterval=1.0, ncols=110, ascii=" #") as bar:
             lr, momentum = optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["momentum"]
             loader = training_batches(train_x, train_y, batch_size, generators)
-            train_loss, train_acc = train_epoch(model, optimizer, scheduler, loader, l1, on_step=bar.update)
+            train_loss, train_acc = train_epoch(model, optimizer, scheduler, loader, l1=l1, on_step=bar.update)
             tests = evaluate(model, test_x, test_y)
             seconds = (time.perf_counter() - start) / len(seeds)
             bar.set_postfix_str(f"test acc {', '.join(f'{acc:.2f}%' for _, acc in tests)}")
@@ -345,3 +376,37 @@ def final_evaluation(model, data):
              "misclassified": misclassified(test_log_probs[:, k], test_y)}
             for k, ((train_loss, train_acc), (test_loss, test_acc))
             in enumerate(zip(evaluate(model, train_x, train_y), evaluate(model, test_x, test_y)))]
+
+
+def exponential_lr(lr_min, lr_max, steps):
+    """The learning rate of step k = 0 .. steps - 1: from lr_min to lr_max by a constant factor per step."""
+    return lambda k: lr_min * (lr_max / lr_min) ** (k / max(1, steps - 1))
+
+
+def lr_range_test(specs, data):
+    """Train Net(**spec["model"]) of each of `specs`, which differ in their seed only, together (one Net of as many
+    copies) for at most one epoch of spec["train_size"] images with the learning rate raised exponentially from
+    spec["lr_min"] to spec["lr_max"]; returns one {"lr": [...], "loss": [...]} per spec, a point per step.
+
+    Same optimizer (SGD, Nesterov momentum 0.95), augmentation and one training loop as the study, no penalty; the
+    loss is each batch's, before its step. The whole epoch runs (the curve after divergence shows whether the net
+    recovers or collapses to chance); a seed's curve ends where its loss stops being a number, and the epoch where
+    every seed's has. The seeds are side by side in one net, so a seed that diverges does not touch the others.
+    """
+    spec = specs[0]
+    (train_x, train_y), _ = first_training_images(data, spec["train_size"])
+    model, generators = packed_seeds(spec["model"], [s["seed"] for s in specs], train_x.device)
+    steps = len(train_x) // spec["batch_size"]
+    optimizer = make_optimizer(model, spec["lr_min"])
+    lr_at = exponential_lr(spec["lr_min"], spec["lr_max"], steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_at(k) / spec["lr_min"])
+    curves = [{"lr": [], "loss": []} for _ in specs]
+    for batch in training_batches(train_x, train_y, spec["batch_size"], generators):
+        lr = optimizer.param_groups[0]["lr"]
+        for curve, loss in zip(curves, train_epoch(model, optimizer, scheduler, [batch])[0]):
+            if not curve["loss"] or math.isfinite(curve["loss"][-1]):
+                curve["lr"].append(lr)
+                curve["loss"].append(loss)
+        if not any(math.isfinite(curve["loss"][-1]) for curve in curves):
+            break
+    return curves

@@ -16,6 +16,7 @@ import plots
 import probes
 import stats
 import store
+from entries import job_of, key_of
 import utils
 from model import Net
 from test_utils import fake_history
@@ -83,18 +84,18 @@ def test_the_unnormalized_reference_is_the_same_net_without_its_normalization_la
 # ---------------------------------------------------------------- learning-rate range test
 
 def test_the_range_test_raises_the_learning_rate_exactly_exponentially(tiny):
-    spec = probes.lr_range_spec({"name": "GN", "model": {"norm": "gn"}}, seed=1, batch_size=64, lr_min=1e-3,
+    spec = store.lr_range_spec({"name": "GN", "model": {"norm": "gn"}}, seed=1, batch_size=64, lr_min=1e-3,
                                lr_max=10.0, train_size=512)
-    [curve] = probes.lr_range_test([spec], tiny)
+    [curve] = utils.lr_range_test([spec], tiny)
     lrs = torch.tensor(curve["lr"], dtype=torch.float64)
     assert len(lrs) == len(curve["loss"]) == 8  # 512 / 64 steps: the whole epoch
     assert lrs[0].item() == pytest.approx(1e-3) and lrs[-1].item() == pytest.approx(10.0)
     ratios = lrs[1:] / lrs[:-1]
     assert torch.allclose(ratios, torch.full_like(ratios, 1e4 ** (1 / 7)), rtol=1e-9)  # one factor per step
     assert curve["loss"][0] == pytest.approx(math.log(10), abs=0.2)  # the first batch: a guess among 10 digits
-    [short] = probes.lr_range_test([dict(spec, train_size=300)], tiny)  # 4 full batches of 64, the rest left out
+    [short] = utils.lr_range_test([dict(spec, train_size=300)], tiny)  # 4 full batches of 64, the rest left out
     assert len(short["lr"]) == 4 and short["lr"][-1] == pytest.approx(10.0)
-    assert [probes.exponential_lr(0.01, 1.0, 2)(k) for k in (0, 1)] == pytest.approx([0.01, 1.0])
+    assert [utils.exponential_lr(0.01, 1.0, 2)(k) for k in (0, 1)] == pytest.approx([0.01, 1.0])
 
 
 def test_smoothed_is_a_bias_corrected_moving_average():
@@ -150,11 +151,11 @@ def test_the_divergence_point_depends_on_the_smoothing_and_both_are_reported():
 
 
 def test_range_tests_are_stored_and_loaded_not_run_again(tiny, tmp_path, capsys):
-    specs = [probes.lr_range_spec({"name": name, "model": {"norm": norm}}, seed=1, batch_size=64, train_size=256)
+    specs = [store.lr_range_spec({"name": name, "model": {"norm": norm}}, seed=1, batch_size=64, train_size=256)
              for name, norm in (("BN", "bn"), ("no norm", "none"))]
-    first = probes.lr_range_or_load(specs, tmp_path, tiny)
+    first = store.lr_range_or_load(specs, tmp_path, tiny)
     assert capsys.readouterr().out.count("run now") == 2
-    again = probes.lr_range_or_load(specs, tmp_path, tiny)
+    again = store.lr_range_or_load(specs, tmp_path, tiny)
     assert capsys.readouterr().out.count("loaded from the store") == 2
     assert again == first and [c["name"] for c in first] == ["BN", "no norm"]
     assert len(list(tmp_path.glob("*.json"))) == 2
@@ -162,12 +163,12 @@ def test_range_tests_are_stored_and_loaded_not_run_again(tiny, tmp_path, capsys)
     assert "| BN | 1 |" in table and "| no norm | 1 |" in table
     damaged = sorted(tmp_path.glob("*.json"))[0]
     damaged.write_text(damaged.read_text().replace('"loss"', '"losses"'))
-    assert probes.lr_range_or_load(specs, tmp_path, tiny) == first  # run again, to the same curve
+    assert store.lr_range_or_load(specs, tmp_path, tiny) == first  # run again, to the same curve
     out = capsys.readouterr().out
     assert f"entry {damaged} is unreadable (KeyError" in out and out.count("run now") == 1
     damaged.write_text(damaged.read_text().replace('"loss": [', '"loss": "not a list", "was": ['))  # again
-    assert probes.lr_range_or_load(specs, tmp_path, tiny) == first
-    assert f"entry {damaged} is unreadable (TypeError: its curve holds no list of losses); running it again" in \
+    assert store.lr_range_or_load(specs, tmp_path, tiny) == first
+    assert f"entry {damaged} is unreadable (TypeError: its curve holds no list of losses); training it again" in \
         capsys.readouterr().out
 
 
@@ -178,16 +179,16 @@ def test_the_committed_range_tests_are_what_lr_range_spec_makes_of_their_setting
     ranges = [spec for spec in committed if spec.get("kind") == "lr_range_test"]
     assert len(ranges) == 12  # 3 seeds of BN, LN, GN and no norm
     for spec in ranges:
-        assert probes.lr_range_spec({"name": spec["name"], "model": spec["model"]}, spec["seed"], spec["batch_size"],
-                                    spec["lr_min"], spec["lr_max"], spec["train_size"], spec["device"]) == spec
+        settings = {k: spec[k] for k in ("batch_size", "lr_min", "lr_max", "train_size", "device")}
+        assert store.lr_range_spec({"name": spec["name"], "model": spec["model"]}, spec["seed"], **settings) == spec
 
 
 def test_a_range_test_entry_records_its_key_spec_code_and_how_it_ran(tiny, tmp_path, capsys):
-    specs = [probes.lr_range_spec({"name": "BN", "model": {"norm": "bn"}}, seed, batch_size=64, train_size=256)
+    specs = [store.lr_range_spec({"name": "BN", "model": {"norm": "bn"}}, seed, batch_size=64, train_size=256)
              for seed in (1, 2)]  # one network's seeds: run together
     folder = tmp_path / "a" / "store"  # made on the way
     start = time.perf_counter()
-    curves = probes.lr_range_or_load(specs, folder, tiny, verbose=False)
+    curves = store.lr_range_or_load(specs, folder, tiny, verbose=False)
     elapsed = time.perf_counter() - start
     where = f"{utils.device_name('cpu')}, 2 seeds together"
     assert capsys.readouterr().out == f"2 range tests: 0 loaded from the store, 2 run now; run on {where}\n"
@@ -197,28 +198,28 @@ def test_a_range_test_entry_records_its_key_spec_code_and_how_it_ran(tiny, tmp_p
     assert all(p.read_text() == json.dumps(json.loads(p.read_text()), indent=1) for p in folder.glob("*.json"))
     assert sorted(e["spec"]["seed"] for e in entries.values()) == [1, 2]
     for key, entry in entries.items():
-        assert entry["key"] == key == store.run_key(entry["spec"], probes.LR_RANGE_CODE)
-        assert entry["code_version"] == store.training_code_version(*probes.LR_RANGE_CODE)
+        assert (entry["key"], entry["code_version"]) == job_of(entry["spec"], folder)[1:] and entry["key"] == key
+        assert entry["processor"] == utils.processor_name()
         assert entry["trained_on"] == where
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", entry["trained_at"])
         assert 0 < entry["seconds"] <= elapsed / 2  # each seed's share of the pair's time
-    probes.lr_range_or_load(specs[:1], folder, tiny, retrain=True)
+    store.lr_range_or_load(specs[:1], folder, tiny, retrain=True)
     out = capsys.readouterr().out
     assert "run now" in out and "loaded" not in out
-    path = folder / f"{store.run_key(specs[0], probes.LR_RANGE_CODE)}.json"
+    path = folder / f"{key_of(specs[0], folder)}.json"
     alone = json.loads(path.read_text())
     assert alone["trained_on"] == utils.device_name("cpu")  # one seed: nothing "together"
     n = len(alone["curve"]["loss"])
     line = (f"            BN seed 1: {n} steps, %s | loaded from the store (run {alone['trained_at']} on "
             f"{alone['trained_on']})\n")
-    probes.lr_range_or_load(specs[:1], folder, tiny)
+    store.lr_range_or_load(specs[:1], folder, tiny)
     assert capsys.readouterr().out == line % "did not diverge"
     alone["curve"]["loss"] = [2.3, 0.5, 0.5, 50.0][:n]  # a curve that leaves for good
     path.write_text(json.dumps(alone))
     step = probes.divergence_step(alone["curve"]["loss"])
-    probes.lr_range_or_load(specs[:1], folder, tiny)
+    store.lr_range_or_load(specs[:1], folder, tiny)
     assert capsys.readouterr().out == line % f"diverged at lr {alone['curve']['lr'][step]:.3g}"
-    probes.lr_range_or_load(specs, folder, tiny, verbose=False)
+    store.lr_range_or_load(specs, folder, tiny, verbose=False)
     both = f"{utils.device_name('cpu')} and {where}"
     assert capsys.readouterr().out == f"2 range tests: 2 loaded from the store; run on {both}\n"
 

@@ -107,7 +107,7 @@ def test_ghost_batchnorm_in_one_pass_equals_gradient_accumulation_over_micro_bat
         model = Net("bn", dropout=0.0, micro_batch=ghost).double()
         optimizer = utils.make_optimizer(model, 0.05)
         scheduler = utils.make_scheduler(optimizer, 0.05, 10)
-        [loss], _ = utils.train_epoch(model, optimizer, scheduler, batch, micro_batch_size=accumulate)
+        [loss], _ = utils.train_epoch(model, optimizer, scheduler, batch, accumulation=accumulate)
         results.append((loss, {n: p.grad for n, p in model.named_parameters()}, model.state_dict()))
     (ghost_loss, ghost_grads, ghost_state), (loss, grads, state) = results
     assert ghost_loss == pytest.approx(loss, rel=1e-12)

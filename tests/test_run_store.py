@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import probes
 import store
+from entries import job_of, key_of, load_run, save_run
 import utils
 from model import Net
 
@@ -48,11 +48,11 @@ def test_a_loaded_run_has_the_history_and_weights_it_was_trained_with(tmp_path, 
                                     {"l1": 1e-4}, {"max_lr": 0.05}, {"model": {"norm": "gn", "groups": 2}},
                                     {"device": "cuda"}])
 def test_anything_that_changes_the_result_changes_the_key(change):
-    assert store.run_key(tiny_spec(**change)) != store.run_key(tiny_spec())
+    assert store.run_key(tiny_spec(**change), "code") != store.run_key(tiny_spec(), "code")
 
 
 def test_the_display_name_does_not_change_the_key():
-    assert store.run_key(tiny_spec(name="GroupNorm")) == store.run_key(tiny_spec())
+    assert store.run_key(tiny_spec(name="GroupNorm"), "code") == store.run_key(tiny_spec(), "code")
 
 
 @pytest.mark.usefixtures("tiny_store")
@@ -65,35 +65,11 @@ def test_a_changed_spec_trains_anew_and_retrain_forces_it(tmp_path, capsys):
     assert len(list(tmp_path.glob("*.json"))) == 2
 
 
-def test_code_changes_change_the_version_but_docstrings_and_comments_do_not():
-    base = 'def f(x):\n    """Doc."""\n    return x + 1\n'
-    reworded = 'def f(x):\n    """Other words."""\n    # a comment\n    return x + 1\n'
-    changed = 'def f(x):\n    """Doc."""\n    return x + 2\n'
-    assert store._without_docstrings(base) == store._without_docstrings(reworded)
-    assert store._without_docstrings(base) != store._without_docstrings(changed)
-
-
-@pytest.mark.usefixtures("tiny_store")
-def test_a_run_from_older_training_code_is_not_reused(tmp_path, capsys, monkeypatch):
-    store.train_or_load([tiny_spec()], tmp_path)
-    capsys.readouterr()
-
-    original = utils.augment
-
-    def augment(images, max_degrees=15.0, max_shift=2.0):  # a stronger augmentation: different training code
-        return original(images, max_degrees, max_shift)
-
-    code = tuple(augment if f is original else f for f in store.TRAINING_CODE)
-    monkeypatch.setattr(store, "TRAINING_CODE", code)
-    store.train_or_load([tiny_spec()], tmp_path)
-    assert "trained now" in capsys.readouterr().out
-
-
 @pytest.mark.usefixtures("tiny_store")
 @pytest.mark.parametrize("damage", ["truncate json", "garble weights", "delete weights", "wrong key"])
 def test_a_damaged_entry_is_reported_and_trained_again(tmp_path, capsys, damage):
     [(_, history)] = store.train_or_load([tiny_spec()], tmp_path)
-    key = store.run_key(tiny_spec())
+    key = key_of(tiny_spec(), tmp_path)
     entry = tmp_path / f"{key}.json"
     weights = tmp_path / json.loads(entry.read_text())["weights_file"]
     if damage == "truncate json":
@@ -111,13 +87,13 @@ def test_a_damaged_entry_is_reported_and_trained_again(tmp_path, capsys, damage)
     out = capsys.readouterr().out
     assert f"entry {entry} is unreadable" in out and "trained now" in out
     assert again["test_loss"] == history["test_loss"]  # retrained to the same numbers, and stored whole again
-    assert store.load_run(tmp_path, tiny_spec()) is not None
+    assert load_run(tmp_path, tiny_spec()) is not None
 
 
 def test_weights_without_their_json_are_an_unfinished_entry_not_a_run(tmp_path):
     """A run killed between writing the weights and the JSON leaves no entry that load_run would use."""
-    (tmp_path / f"{store.run_key(tiny_spec())}.0123456789abcdef.pt").write_bytes(b"half")
-    assert store.load_run(tmp_path, tiny_spec()) is None
+    (tmp_path / f"{key_of(tiny_spec(), tmp_path)}.0123456789abcdef.pt").write_bytes(b"half")
+    assert load_run(tmp_path, tiny_spec()) is None
 
 
 @pytest.mark.slow
@@ -155,34 +131,34 @@ def test_micro_batches_give_the_whole_batch_step_for_ln_and_gn_only(tiny, norm, 
         optimizer = utils.make_optimizer(model, 0.1)
         scheduler = utils.make_scheduler(optimizer, 0.1, 10)
         loader = utils.training_batches(train_x[:128], train_y[:128], 64, [torch.Generator()], augmented=False)
-        utils.train_epoch(model, optimizer, scheduler, loader, micro_batch_size=micro_batch_size)
+        utils.train_epoch(model, optimizer, scheduler, loader, accumulation=micro_batch_size)
         models.append(model)
     weights = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models]
     assert torch.allclose(weights[0], weights[1], atol=1e-5) == equal
 
 
-def test_every_committed_entry_is_found_under_the_key_of_its_own_spec():
-    """A refactor must not change a key by accident: each stored run and range test is where run_key of its spec,
-    under today's training code, says it is; otherwise the notebook would silently retrain it."""
-    from probes import LR_RANGE_CODE
-    entries = sorted(COMMITTED_RUNS.glob("*.json"))
-    assert entries, "the committed run store is empty"
-    for path in entries:
-        entry = json.loads(path.read_text())
-        extra = LR_RANGE_CODE if entry["spec"].get("kind") == "lr_range_test" else ()
-        assert store.run_key(entry["spec"], extra) == path.stem == entry["key"], f"{path.name} is not found by its spec"
+def committed_entries():
+    return [json.loads(path.read_text()) for path in sorted(COMMITTED_RUNS.glob("*.json"))]
 
 
-def test_a_key_is_the_spec_without_its_name_and_the_code_version_hashed_as_every_committed_entry_was(monkeypatch):
-    """The key's own recipe, apart from the code hash, on each committed run: what a mutation of run_key would break
-    (the test above cannot run where the code is rewritten, as under mutmut, since every code hash changes there)."""
-    entries = [json.loads(path.read_text()) for path in COMMITTED_RUNS.glob("*.json")]
-    runs = [entry for entry in entries if entry["spec"].get("kind") != "lr_range_test"]
-    assert len(runs) > 100, "the committed run store is not here"
-    for entry in runs:
-        monkeypatch.setattr(store, "training_code_version", lambda *extra, version=entry["code_version"]: version)
-        assert store.run_key(entry["spec"]) == entry["key"]
-        assert store.run_key(dict(entry["spec"], name="another name")) == entry["key"]
+def test_every_committed_entry_is_found_under_the_key_of_its_own_spec(tmp_path):
+    """A refactor must not change a key by accident: each stored run and range test is where today's code, by the
+    fingerprints it computes (not by the committed cache, which a copy without it leaves out), says it is; otherwise
+    the notebook would silently retrain it."""
+    (tmp_path / "fingerprints").write_text(json.dumps(
+        dict(json.loads((COMMITTED_RUNS / "fingerprints").read_text()), cache={})))
+    entries = committed_entries()
+    assert len(entries) > 100, "the committed run store is not here"
+    jobs = store.keyed([entry["spec"] for entry in entries], tmp_path)
+    for entry, (_, key, code) in zip(entries, jobs):
+        assert (key, code) == (entry["key"], entry["code_version"]), f"{entry['key']} is not found by its spec"
+
+
+def test_a_key_is_the_spec_without_its_name_and_the_fingerprint_name_hashed_as_every_committed_entry_was():
+    """The key's own recipe on each committed entry, given the fingerprint name it was stored with."""
+    for entry in committed_entries():
+        assert store.run_key(entry["spec"], entry["code_version"]) == entry["key"]
+        assert store.run_key(dict(entry["spec"], name="another name"), entry["code_version"]) == entry["key"]
 
 
 def mutated(value):
@@ -198,14 +174,14 @@ def mutated(value):
     raise TypeError(f"no mutation for {value!r}")
 
 
-@pytest.mark.parametrize("spec", [tiny_spec(), probes.lr_range_spec(GN, seed=1, train_size=512)],
+@pytest.mark.parametrize("spec", [tiny_spec(), store.lr_range_spec(GN, seed=1, train_size=512)],
                          ids=["run", "range test"])
 def test_every_field_of_a_spec_but_the_display_name_changes_its_key(spec):
-    """Built from the spec itself, so that a field added later is covered too."""
-    extra = probes.LR_RANGE_CODE if spec.get("kind") else ()
+    """Built from the spec itself, so that a field added later is covered too; and the fingerprint's name."""
     for field, value in spec.items():
-        changed = store.run_key({**spec, field: mutated(value)}, extra)
-        assert (changed == store.run_key(spec, extra)) == (field == "name"), f"field {field!r}"
+        changed = store.run_key({**spec, field: mutated(value)}, "code")
+        assert (changed == store.run_key(spec, "code")) == (field == "name"), f"field {field!r}"
+    assert store.run_key(spec, "other code") != store.run_key(spec, "code")
 
 
 def test_the_spec_holds_every_setting_train_model_takes():
@@ -230,23 +206,24 @@ def test_weights_are_renamed_into_place_before_the_json_and_neither_is_written_i
     renames, replace = [], os.replace
     monkeypatch.setattr(store.os, "replace", lambda src, dst: (renames.append((Path(src), Path(dst))),
                                                                 replace(src, dst)))
-    key = store.save_run(tmp_path, tiny_spec(), model, {"seconds": [1.0]}, "CPU")
+    key = save_run(tmp_path, tiny_spec(), model, {"seconds": [1.0]}, "CPU")
     entry = json.loads((tmp_path / f"{key}.json").read_text())
     assert [dst.name for _, dst in renames] == [entry["weights_file"], f"{key}.json"]
     assert all(src.parent == tmp_path and src.name.startswith(".") and src.name.endswith(".tmp") for src, _ in renames)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([entry["weights_file"], f"{key}.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([entry["weights_file"], f"{key}.json",
+                                                                 "fingerprints"])
 
 
 def test_a_killed_save_leaves_a_temporary_file_that_is_never_read_and_is_cleared_later(tmp_path):
-    key = store.run_key(tiny_spec())
+    key = key_of(tiny_spec(), tmp_path)
     stale = tmp_path / f".{key}.json.12345.tmp"
     stale.write_text('{"key": "half a json')
-    assert store.load_run(tmp_path, tiny_spec()) is None  # not read as an entry
+    assert load_run(tmp_path, tiny_spec()) is None  # not read as an entry
     old = time.time() - 2 * store.STALE_AFTER_SECONDS
     os.utime(stale, (old, old))
     fresh = tmp_path / f".{key}.pt.999.tmp"  # a save in progress right now: left alone
     fresh.write_bytes(b"")
-    store.save_run(tmp_path, tiny_spec(seed=2), Net("gn"), {"seconds": [1.0]}, "CPU")
+    save_run(tmp_path, tiny_spec(seed=2), Net("gn"), {"seconds": [1.0]}, "CPU")
     assert not stale.exists() and fresh.exists()
 
 
@@ -266,23 +243,23 @@ def test_two_writers_of_one_key_leave_an_entry_whose_json_and_weights_belong_tog
 
     monkeypatch.setattr(store.os, "replace", lambda src, dst: pausing_replace(str(src), str(dst)))
     other = "B" if first == "A" else "A"
-    writer = threading.Thread(target=store.save_run, name=first,
+    writer = threading.Thread(target=save_run, name=first,
                               args=(tmp_path, tiny_spec(), models[first], {"seconds": [1.0]}, first))
     writer.start()
     assert paused.wait(10)
-    store.save_run(tmp_path, tiny_spec(), models[other], {"seconds": [1.0]}, other)
+    save_run(tmp_path, tiny_spec(), models[other], {"seconds": [1.0]}, other)
     resume.set()
     writer.join()
-    model, entry = store.load_run(tmp_path, tiny_spec())
+    model, entry = load_run(tmp_path, tiny_spec())
     assert same_weights(model, models[entry["trained_on"]])  # the JSON's writer is the weights' writer
 
 
 @pytest.mark.usefixtures("tiny_store")
 def test_an_entry_copied_under_another_key_is_reported_as_such(tmp_path, capsys):
     store.train_or_load([tiny_spec()], tmp_path)
-    key, other = store.run_key(tiny_spec()), store.run_key(tiny_spec(seed=2))
+    key, other = key_of(tiny_spec(), tmp_path), key_of(tiny_spec(seed=2), tmp_path)
     (tmp_path / f"{other}.json").write_text((tmp_path / f"{key}.json").read_text())
-    assert store.load_run(tmp_path, tiny_spec(seed=2)) is None
+    assert load_run(tmp_path, tiny_spec(seed=2)) is None
     assert f"it holds the run of key {key}, not {other}: copied or renamed" in capsys.readouterr().out
 
 
@@ -303,22 +280,6 @@ def test_a_file_system_that_refuses_chmod_loses_no_run(tmp_path, monkeypatch, ca
     assert "loaded from the store" in capsys.readouterr().out
     assert loaded_history == history and same_weights(loaded, trained)
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind either
-
-
-def test_the_code_is_read_the_same_way_on_every_python_so_stored_runs_keep_their_keys():
-    """The store's keys were made with Python 3.11's ast.dump; 3.12 adds `type_params=[]` and 3.13 leaves out empty
-    lists, so a plain ast.dump would give Colab's Python other keys for the same code. This Python's own ast.dump,
-    brought to 3.11's form, must equal what the code version hashes, over real code (torch.nn's modules)."""
-    import ast
-    import sys
-    own_form = {"show_empty": True} if sys.version_info >= (3, 13) else {}
-    files = sorted((Path(torch.__file__).parent / "nn" / "modules").glob("*.py"))
-    assert len(files) > 20
-    for path in files:
-        tree = ast.parse(path.read_text())
-        assert store._dump(tree) == ast.dump(tree, **own_form).replace(", type_params=[]", ""), path.name
-    match = ast.parse("match x:\n    case None:\n        pass\n")  # None as a pattern is a value, as in a Constant
-    assert store._dump(match) == ast.dump(match, **own_form).replace(", type_params=[]", "")
 
 
 def test_a_run_s_log_line_and_a_call_s_summary_say_exactly_what_ran_where():
@@ -386,7 +347,7 @@ def test_train_or_load_trains_what_is_missing_stores_it_and_says_so_line_by_line
 
 
 def test_a_run_that_cannot_be_read_back_after_training_stops_the_call(tmp_path, monkeypatch, tiny_store):
-    monkeypatch.setattr(store, "load_run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(store, "load_entry", lambda *args, **kwargs: None)
     with pytest.raises(RuntimeError, match=f"^run store {re.escape(str(tmp_path))}: a run just trained could not be "
                                            "read back$"):
         store.train_or_load([tiny_spec(train_size=128)], tmp_path, verbose=False)
@@ -394,7 +355,7 @@ def test_a_run_that_cannot_be_read_back_after_training_stops_the_call(tmp_path, 
 
 
 def stored_entries(folder, specs):
-    return [json.loads((folder / f"{store.run_key(spec)}.json").read_text()) for spec in specs]
+    return [json.loads((folder / f"{key_of(spec, folder)}.json").read_text()) for spec in specs]
 
 
 def stored_on(entry):
@@ -410,18 +371,19 @@ def test_a_saved_entry_is_exactly_what_it_promises_and_loads_onto_the_device_ask
     file `<key>.<16 hex of its sha256>.pt` and the history; a store folder is made with its parents; a run loads onto
     the device asked, under the display name asked (the name keys nothing)."""
     history = {"seconds": [1.25, 2.5], "test_acc": [97.0]}
-    key = store.save_run(tmp_path / "a" / "b", tiny_spec(), Net("gn"), history, "CPU (1 thread)")
+    key = save_run(tmp_path / "a" / "b", tiny_spec(), Net("gn"), history, "CPU (1 thread)")
     path = tmp_path / "a" / "b" / f"{key}.json"
     entry = json.loads(path.read_text())
     assert path.read_text() == json.dumps(entry, indent=1)
     weights = (path.parent / entry["weights_file"]).read_bytes()
     digest = hashlib.sha256(weights).hexdigest()
-    assert entry == {"key": key, "spec": tiny_spec(), "code_version": store.training_code_version(),
-                     "trained_on": "CPU (1 thread)", "trained_at": entry["trained_at"], "seconds": 3.75,
+    assert entry == {"key": key, "spec": tiny_spec(), "code_version": job_of(tiny_spec(), tmp_path / "a" / "b")[2],
+                     "trained_on": "CPU (1 thread)", "processor": utils.processor_name(),
+                     "trained_at": entry["trained_at"], "seconds": 3.75,
                      "torch": torch.__version__, "weights_file": f"{key}.{digest[:16]}.pt", "weights_sha256": digest,
                      "history": history}
     assert re.fullmatch(r"20\d\d-[01]\d-[0-3]\d [0-2]\d:[0-5]\d:[0-5]\d", entry["trained_at"])
-    model, loaded = store.load_run(path.parent, dict(tiny_spec(), name="GN, 4 groups"), device="meta")
+    model, loaded = load_run(path.parent, dict(tiny_spec(), name="GN, 4 groups"), device="meta")
     assert {p.device.type for p in model.parameters()} == {"meta"}
     assert loaded["history"]["name"] == "GN, 4 groups"
     assert loaded["history"]["trained_on"] == f"CPU (1 thread), torch {torch.__version__}"
@@ -429,24 +391,24 @@ def test_a_saved_entry_is_exactly_what_it_promises_and_loads_onto_the_device_ask
 
 def test_a_weights_file_that_would_run_code_is_refused_even_with_its_hash(tmp_path, capsys):
     """torch.load with weights_only: a pickle of another class is not unpickled, though the JSON vouches for it."""
-    key = store.save_run(tmp_path, tiny_spec(), Net("gn"), {"seconds": [1.0]}, "CPU")
+    key = save_run(tmp_path, tiny_spec(), Net("gn"), {"seconds": [1.0]}, "CPU")
     path = tmp_path / f"{key}.json"
     entry = json.loads(path.read_text())
     buffer = io.BytesIO()
     torch.save(NotAStateDict(Net("gn").state_dict()), buffer)
     (tmp_path / entry["weights_file"]).write_bytes(buffer.getvalue())
     path.write_text(json.dumps(dict(entry, weights_sha256=hashlib.sha256(buffer.getvalue()).hexdigest())))
-    assert store.load_run(tmp_path, tiny_spec()) is None
+    assert load_run(tmp_path, tiny_spec()) is None
     out = capsys.readouterr().out
     assert out.startswith(f"run store: entry {path} is unreadable (UnpicklingError: ") and "NotAStateDict" in out
     assert out.endswith("); training it again\n")
 
 
 def test_a_renamed_entry_s_message_names_both_keys_and_what_happens_next(tmp_path, capsys):
-    key = store.save_run(tmp_path, tiny_spec(), Net("gn"), {"seconds": [1.0]}, "CPU")
-    other = store.run_key(tiny_spec(seed=2))
+    key = save_run(tmp_path, tiny_spec(), Net("gn"), {"seconds": [1.0]}, "CPU")
+    other = key_of(tiny_spec(seed=2), tmp_path)
     (tmp_path / f"{key}.json").rename(tmp_path / f"{other}.json")
-    assert store.load_run(tmp_path, tiny_spec(seed=2)) is None
+    assert load_run(tmp_path, tiny_spec(seed=2)) is None
     assert capsys.readouterr().out == (
         f"run store: entry {tmp_path / f'{other}.json'} is unreadable (ValueError: it holds the run of key {key}, not "
         f"{other}: copied or renamed from another entry); training it again\n")
@@ -468,7 +430,7 @@ def test_a_spec_s_defaults_are_the_study_s():
     assert store.run_spec({"name": "LN"}, 3, 20) == {
         "name": "LN", "model": {}, "l1": 0.0, "l2": 0.0, "seed": 3, "epochs": 20, "batch_size": 128,
         "micro_batch_size": 128, "max_lr": 0.1, "train_size": 60_000, "device": "cpu"}
-    spec = store.run_spec({"name": "BN + L2", "model": {"norm": "bn"}, "l1": 1e-5, "l2": 1e-4}, 1, 2, 64,
+    spec = store.run_spec({"name": "BN + L2", "model": {"norm": "bn"}, "l1": 1e-5, "l2": 1e-4}, 1, 2, batch_size=64,
                           micro_batch_size=16)
     assert (spec["l1"], spec["l2"], spec["batch_size"], spec["micro_batch_size"]) == (1e-5, 1e-4, 64, 16)
 
@@ -476,7 +438,8 @@ def test_a_spec_s_defaults_are_the_study_s():
 def test_specs_whose_fields_come_in_another_order_still_train_together():
     spec = tiny_spec()
     reordered = dict(reversed(list(tiny_spec(seed=2).items())))
-    assert store.seed_groups([spec, reordered]) == [[spec, reordered]]
+    jobs = [(spec, "a", "code"), (reordered, "b", "code")]
+    assert store.seed_groups(jobs) == [jobs]
 
 
 def test_histories_round_trip_through_a_new_folder_as_one_space_indented_json(tmp_path):
@@ -497,4 +460,4 @@ def test_the_data_folder_asked_for_is_the_one_read_onto_the_run_s_device(tmp_pat
     asked = []
     monkeypatch.setattr(store, "cached_mnist", lambda root, device: (asked.append((root, device)), tiny)[1])
     store.train_or_load([tiny_spec(train_size=128)], tmp_path, data_dir="elsewhere", verbose=False)
-    assert asked == [("elsewhere", torch.device("cpu"))]
+    assert asked == [("elsewhere", "cpu"), ("elsewhere", torch.device("cpu"))]  # the fingerprint's, then the run's

@@ -162,8 +162,8 @@ def test_near_zero_fraction_counts_small_weights_relative_to_their_layer():
 
 
 def test_regularizer_report_reads_the_clean_evaluation_each_run_stored(tiny):
-    runs = {"BN": utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, 1, 64, progress=False),
-            "GN": utils.train_model({"name": "GN", "model": {"norm": "gn"}}, tiny, 1, 64, seeds=(1, 2), progress=False)}
+    runs = {"BN": utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, 1, batch_size=64, progress=False),
+            "GN": utils.train_model({"name": "GN", "model": {"norm": "gn"}}, tiny, 1, batch_size=64, seeds=(1, 2), progress=False)}
     report = probes.regularizer_report(runs)
     (train_x, train_y), (test_x, test_y) = tiny
     assert len(report["GN"]["test_acc"]) == 2

@@ -35,10 +35,10 @@ def test_seeds_trained_together_equal_each_seed_trained_alone(tiny, float64, nam
     settings = dict(CONFIGS[name])
     micro_batch_size = settings.pop("micro_batch_size", None)
     config = {"name": name, **settings, "model": {**settings["model"], "dropout": dropout}}
-    together = utils.train_model(config, data, 1, 32, seeds=(1, 2, 3), progress=False,
+    together = utils.train_model(config, data, 1, batch_size=32, seeds=(1, 2, 3), progress=False,
                                  micro_batch_size=micro_batch_size)
     for seed, (model, history) in zip((1, 2, 3), together):
-        [(alone_model, alone)] = utils.train_model(config, data, 1, 32, seeds=(seed,), progress=False,
+        [(alone_model, alone)] = utils.train_model(config, data, 1, batch_size=32, seeds=(seed,), progress=False,
                                                    micro_batch_size=micro_batch_size)
         assert history["seed"] == alone["seed"] == seed and history["seeds_together"] == 3
         for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
@@ -158,10 +158,10 @@ def test_missing_seeds_train_together_and_are_stored_one_seed_each(tmp_path, cap
 
 def test_seed_groups_join_runs_that_differ_in_their_seed_only_and_keep_the_order():
     gn, bn = {"name": "GN", "model": {"norm": "gn"}}, {"name": "BN", "model": {"norm": "bn"}}
-    specs = [store.run_spec(config, seed, 1) for seed in (1, 2, 3) for config in (gn, bn)]
-    assert [[s["seed"] for s in group] for group in store.seed_groups(specs)] == [[1, 2, 3], [1, 2, 3]]
-    assert [[s["name"] for s in group][0] for group in store.seed_groups(specs)] == ["GN", "BN"]
-    assert [[s["seed"] for s in group] for group in store.seed_groups(specs, 2)] == [[1, 2], [3], [1, 2], [3]]
+    jobs = [(store.run_spec(config, seed, 1), f"key {seed}", "code") for seed in (1, 2, 3) for config in (gn, bn)]
+    assert [[s["seed"] for s, _, _ in group] for group in store.seed_groups(jobs)] == [[1, 2, 3], [1, 2, 3]]
+    assert [group[0][0]["name"] for group in store.seed_groups(jobs)] == ["GN", "BN"]
+    assert [[s["seed"] for s, _, _ in group] for group in store.seed_groups(jobs, 2)] == [[1, 2], [3], [1, 2], [3]]
 
 
 def test_every_run_is_fp32_with_tf32_off():

@@ -14,8 +14,6 @@ import pytest
 import torch
 
 import plots
-import probes
-import stats
 import store
 import utils
 from model import Net
@@ -44,12 +42,12 @@ def test_load_mnist_reads_data_by_default_and_puts_both_splits_on_the_device_ask
 
 
 def test_train_model_takes_micro_batches_from_1_to_the_batch_size(tiny):
-    [(_, history)] = utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, 1, 128, progress=False,
+    [(_, history)] = utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, 1, batch_size=128, progress=False,
                                        micro_batch_size=1)
     assert history["micro_batch_size"] == 1 and len(history["test_acc"]) == 1
     for wrong in (0, 129):
         with pytest.raises(ValueError, match=f"^micro_batch_size must be between 1 and batch_size 128, got {wrong}$"):
-            utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, 1, 128, micro_batch_size=wrong)
+            utils.train_model({"name": "BN", "model": {"norm": "bn"}}, tiny, 1, batch_size=128, micro_batch_size=wrong)
 
 
 def test_the_progress_bar_names_the_run_counts_the_steps_and_ends_with_each_seeds_test_accuracy(tiny, capsys):
@@ -95,7 +93,7 @@ def test_the_training_functions_default_to_the_notebooks_settings(tiny, capsys):
     assert "plain seed 1 epoch  1/1" in capsys.readouterr().out
     assert repr(model) == repr(Net("bn")) and history["params"] == 9_752
     config = {"name": "GN", "model": {"norm": "gn"}}
-    spec, lr_range = store.run_spec(config, 1, 1), probes.lr_range_spec(config, 1)
+    spec, lr_range = store.run_spec(config, 1, 1), store.lr_range_spec(config, 1)
     for trained in (history, spec):
         assert (trained["batch_size"], trained["max_lr"]) == (default["BATCH_SIZE"], default["MAX_LR"])
     assert (lr_range["batch_size"], lr_range["lr_min"], lr_range["lr_max"], lr_range["train_size"]) == (
