@@ -181,7 +181,7 @@ def test_no_step_keeps_its_autograd_graph_alive(tiny, micro_batch_size):
     counts = []
     utils.train_epoch(model, optimizer, scheduler, utils.training_batches(train_x, train_y, 128, [torch.Generator()]),
                       l1=1e-4,
-                      micro_batch_size=micro_batch_size, on_step=lambda: counts.append(live_graph_tensors()))
+                      accumulation=micro_batch_size, on_step=lambda: counts.append(live_graph_tensors()))
     assert len(counts) == 4 and counts[0] > 0  # the step in progress holds its graph
     assert counts[-1] == counts[0]  # but no step's graph outlives the next step
 
