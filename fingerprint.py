@@ -15,7 +15,6 @@ The registry (the file "fingerprints" in the run store, JSON) names each fingerp
 the fingerprint its configuration matches. A cache there, keyed by the text of the project's modules and the torch
 version, maps configurations to names, so that unchanged code computes no fingerprint at all.
 """
-import functools
 import hashlib
 import json
 import math
@@ -59,20 +58,14 @@ def tensor_digest(tensors):
 
 
 def _tiny_data(data, size):
-    """The first `size` training and TEST_IMAGES test images of `data` (as load_mnist returns it) on the CPU, taken
-    with the study's own slicing."""
-    (train_x, train_y), (test_x, test_y) = data
-    (train_x, train_y), _ = utils.first_training_images(((train_x, train_y), (test_x, test_y)), size)
+    """The first `size` training images (by the study's own slicing) and TEST_IMAGES test images of `data`, on the
+    CPU."""
+    (train_x, train_y), (test_x, test_y) = utils.first_training_images(data, size)
     return ((train_x.cpu(), train_y.cpu()), (test_x[:TEST_IMAGES].cpu(), test_y[:TEST_IMAGES].cpu()))
 
 
-def _schedule_trace(spec):
-    """The learning rates and momenta of every step of the run's real length, as its scheduler sets them."""
-    return _trace(spec["max_lr"], spec["epochs"] * (spec["train_size"] // spec["batch_size"]))
-
-
-@functools.cache  # the study's configurations share a few lengths
-def _trace(max_lr, steps):
+def _schedule_trace(max_lr, steps):
+    """The learning rates and momenta of every step of a run `steps` long, as its scheduler sets them."""
     optimizer = utils.make_optimizer(torch.nn.Linear(1, 1), max_lr)
     scheduler = utils.make_scheduler(optimizer, max_lr, steps)
     lrs, momenta = [], []
@@ -91,34 +84,32 @@ def _range_trace(spec):
     return digest([lr_at(k) for k in range(steps)])
 
 
-def compute(spec, data):
-    """The fingerprint of `spec`'s configuration: {part: [numbers]}. `data` is MNIST as load_mnist returns it."""
+def compute(spec, data, memo=None):
+    """The fingerprint of `spec`'s configuration: {part: [numbers]}. `data` is MNIST as load_mnist returns it; `memo`
+    (a dict) shares the tiny training and the traces between configurations that differ only in their length."""
+    memo = {} if memo is None else memo
+
+    def once(*key, make):
+        if key not in memo:
+            memo[key] = make()
+        return memo[key]
+
+    model = json.dumps(spec["model"], sort_keys=True)
     if spec.get("kind") == "lr_range_test":
-        return {**_range_test_steps(**{k: v for k, v in spec.items() if k in ("model", "batch_size", "lr_min")}
-                                    | {"model": json.dumps(spec["model"], sort_keys=True), "data": Data(data)}),
-                "trace": _range_trace(spec)}
+        steps = once("range", model, spec["batch_size"], spec["lr_min"],
+                     make=lambda: _range_test_steps(spec["model"], data, spec["batch_size"], spec["lr_min"]))
+        return {**steps, "trace": _range_trace(spec)}
     training = {k: spec[k] for k in ("l1", "l2", "batch_size", "micro_batch_size", "max_lr")}
-    return {**_training_steps(model=json.dumps(spec["model"], sort_keys=True), data=Data(data), **training),
-            "trace": _schedule_trace(spec)}
+    steps = once("training", model, *training.values(), make=lambda: _training_steps(spec["model"], data, **training))
+    length = spec["epochs"] * (spec["train_size"] // spec["batch_size"])
+    trace = once("trace", spec["max_lr"], length, make=lambda: _schedule_trace(spec["max_lr"], length))
+    return {**steps, "trace": trace}
 
 
-class Data:
-    """MNIST held for the memoized functions below: equal to every other, so that the cache keys on the rest."""
-
-    def __init__(self, data):
-        self.data = data
-
-    def __eq__(self, other):
-        return isinstance(other, Data)
-
-    def __hash__(self):
-        return 0
-
-
-@functools.lru_cache(maxsize=64)  # configurations that differ only in their length share these steps
-def _training_steps(model, data, l1, l2, batch_size, micro_batch_size, max_lr):
-    tiny = _tiny_data(data.data, tiny_train_size(batch_size))
-    config = {"name": "fingerprint", "model": json.loads(model), "l1": l1, "l2": l2}
+def _training_steps(model, data, *, l1, l2, batch_size, micro_batch_size, max_lr):
+    """Two one-step epochs of two seeds side by side, their evaluations, weights and a partial micro-batch pass."""
+    tiny = _tiny_data(data, tiny_train_size(batch_size))
+    config = {"name": "fingerprint", "model": model, "l1": l1, "l2": l2}
     runs = utils.train_model(config, tiny, EPOCHS, batch_size=batch_size, max_lr=max_lr, seeds=SEEDS, device="cpu",
                              progress=False, micro_batch_size=micro_batch_size)
     history, partial = [], []
@@ -135,13 +126,12 @@ def _training_steps(model, data, l1, l2, batch_size, micro_batch_size, max_lr):
     return {"history": history, "weights": weights, "partial": partial}
 
 
-@functools.lru_cache(maxsize=64)
 def _range_test_steps(model, data, batch_size, lr_min):
     """Three steps of a range test from the spec's lr_min, raised tenfold (its real lr_max would make three steps
     chaotic, and so different on every processor; the trace holds that)."""
-    tiny = _tiny_data(data.data, 3 * batch_size)
-    specs = [{"model": json.loads(model), "seed": seed, "batch_size": batch_size, "lr_min": lr_min,
-              "lr_max": 10 * lr_min, "train_size": 3 * batch_size} for seed in SEEDS]
+    tiny = _tiny_data(data, 3 * batch_size)
+    specs = [{"model": model, "seed": seed, "batch_size": batch_size, "lr_min": lr_min, "lr_max": 10 * lr_min,
+              "train_size": 3 * batch_size} for seed in SEEDS]
     return {"curves": [x for curve in utils.lr_range_test(specs, tiny) for x in curve["lr"] + curve["loss"]]}
 
 
@@ -192,15 +182,14 @@ def names(specs, folder, load_data, write):
     registry = read_registry(folder)
     cache = registry["cache"].get(SOURCE_VERSION, {})
     registry["cache"] = {SOURCE_VERSION: cache}  # older code's names are in the registry, and found there again
-    for memo in (_training_steps, _range_test_steps, _trace):
-        memo.cache_clear()  # shared within one call only: the code may have been reloaded since the last
+    memo = {}  # shared within one call only: the code may have been reloaded since the last
     found, changed, data = [], False, None
     for spec in specs:
         config = configuration(spec)
         label = json.dumps(config, sort_keys=True)
         if label not in cache:
             data = data or load_data()
-            values = compute(spec, data)
+            values = compute(spec, data, memo)
             known = [f for f in registry["fingerprints"] if f["config"] == config and matches(f["values"], values)]
             if not known:
                 known = [{"name": new_name(config, values), "config": config, "values": values,
