@@ -56,7 +56,8 @@ def training_step(kind, seeds, device, data_dir, threads=None):
         torch.set_num_threads(threads)
     model_kwargs, l1 = KINDS[kind]
     (x, y), _ = store.cached_mnist(data_dir, torch.device(device))
-    model, generators = utils.packed_seeds(model_kwargs, range(1, seeds + 1), device)
+    net = {k: v for k, v in model_kwargs.items() if k != "micro_batch"}
+    model, generators = utils.packed_seeds(net, range(1, seeds + 1), device, model_kwargs.get("micro_batch"))
     optimizer = utils.make_optimizer(model, 0.1)
     scheduler = utils.make_scheduler(optimizer, 0.1, 10_000)
     batches = (batch for _ in itertools.count() for batch in utils.training_batches(x, y, 128, generators))
