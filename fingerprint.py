@@ -100,7 +100,9 @@ def compute(spec, data, memo=None):
                      make=lambda: _range_test_steps(spec["model"], data, spec["batch_size"], spec["lr_min"]))
         return {**steps, "trace": _range_trace(spec)}
     training = {k: spec[k] for k in ("l1", "l2", "batch_size", "micro_batch_size", "max_lr")}
-    steps = once("training", model, *training.values(), make=lambda: _training_steps(spec["model"], data, **training))
+    validation = spec.get("validation", 0)
+    steps = once("training", model, *training.values(), validation, make=lambda: _training_steps(
+        spec["model"], utils.validation_split(data, validation) if validation else data, **training))
     length = spec["epochs"] * (spec["train_size"] // spec["batch_size"])
     trace = once("trace", spec["max_lr"], length, make=lambda: _schedule_trace(spec["max_lr"], length))
     return {**steps, "trace": trace}

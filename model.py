@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 NORMS = ("bn", "ln", "gn")
 REFERENCE = "none"  # the same net without normalization: the learning-rate range test's reference
+INITS = ("default", "kaiming")  # PyTorch's default conv initialization, or Kaiming-normal (fan-in, ReLU)
 
 
 class GhostBatchNorm2d(nn.BatchNorm2d):
@@ -108,6 +109,11 @@ class Net(nn.Module):
     """Conv net for 28x28 digits; `norm` picks "bn", "ln" or "gn" (with `groups` groups) after every 3x3 conv ("none":
     no normalization, the learning-rate range test's reference).
 
+    The study's nets have bias-free convs and PyTorch's default initialization, which suit a net with normalization.
+    A fair net without it needs what normalization otherwise provides: `bias=True` gives every conv that no
+    normalization follows a bias (zero at the start), and `init="kaiming"` draws every conv's weights Kaiming-normal
+    (fan-in, ReLU gain; He et al., 2015), so that the signal keeps its scale from layer to layer.
+
     `micro_batch` (bn only) makes BatchNorm take its training statistics over groups of that many consecutive samples
     (GhostBatchNorm2d): the micro-batch sweep. LN and GN take theirs per sample, so no micro-batch changes them.
 
@@ -121,7 +127,7 @@ class Net(nn.Module):
 
     WIDTHS = (8, 16)  # every normalized layer has one of these channel counts
 
-    def __init__(self, norm="bn", groups=4, dropout=0.05, micro_batch=None, copies=1):
+    def __init__(self, norm="bn", groups=4, dropout=0.05, micro_batch=None, copies=1, bias=False, init="default"):
         super().__init__()
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"groups must be a positive int, got {groups!r}")
@@ -135,14 +141,20 @@ class Net(nn.Module):
                                  f"sample on its own, so a micro-batch does not change them")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if not isinstance(bias, bool):
+            raise ValueError(f"bias must be True or False, got {bias!r}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; allowed: {', '.join(map(repr, INITS))}")
         self.norm, self.groups, self.dropout, self.micro_batch, self.copies = norm, groups, dropout, micro_batch, copies
+        self.bias, self.init = bias, init
 
-        def conv(c_in, c_out, size, padding=0):
-            return nn.Conv2d(copies * c_in, copies * c_out, size, padding=padding, bias=False, groups=copies)
+        def conv(c_in, c_out, size, padding=0, normalized=False):
+            return nn.Conv2d(copies * c_in, copies * c_out, size, padding=padding, groups=copies,
+                             bias=bias and not (normalized and norm != REFERENCE))
 
         def block(c_in, c_out, padding=0):
-            return nn.Sequential(conv(c_in, c_out, 3, padding), norm_layer(norm, c_out, groups, micro_batch, copies),
-                                 nn.ReLU(), Dropout(dropout, copies))
+            return nn.Sequential(conv(c_in, c_out, 3, padding, normalized=True),
+                                 norm_layer(norm, c_out, groups, micro_batch, copies), nn.ReLU(), Dropout(dropout, copies))
 
         self.features = nn.Sequential(
             block(1, 8),                            # 28 -> 26
@@ -155,6 +167,12 @@ class Net(nn.Module):
             nn.AdaptiveAvgPool2d(1),
             conv(16, 10, 1),
         )
+        if init == "kaiming":
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
 
     def forward(self, x):
         log_probs = F.log_softmax(self.features(x).view(len(x), self.copies, 10), dim=-1)
@@ -170,7 +188,8 @@ class Net(nn.Module):
 
 
 def _settings(net):
-    return {"norm": net.norm, "groups": net.groups, "dropout": net.dropout, "micro_batch": net.micro_batch}
+    return {"norm": net.norm, "groups": net.groups, "dropout": net.dropout, "micro_batch": net.micro_batch,
+            "bias": net.bias, "init": net.init}
 
 
 def pack(nets):

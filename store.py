@@ -18,17 +18,23 @@ import fingerprint
 from model import Net
 from probes import divergence_step
 from utils import (GPU_SETTINGS, device_name, first_training_images, load_mnist, lr_range_test, processor_name,
-                   train_model)
+                   train_model, validation_split)
 
 
 def run_spec(config, seed, epochs, *, batch_size=128, max_lr=0.1, device="cpu", train_size=60_000,
-             micro_batch_size=None):
+             micro_batch_size=None, validation=0):
     """Everything that sets a training run's result, as a JSON-ready dict: the run store's key and a worker's job.
 
     `config` is {"name", "model", "l1", "l2"} as for train_model; the run trains on the first `train_size`
-    training images. Only the device type counts (cpu / cuda), not which GPU or how many threads.
+    training images. Only the device type counts (cpu / cuda), not which GPU or how many threads. `validation` > 0
+    tests on the last that many training images instead of the test set (utils.validation_split), and trains on the
+    first `train_size` of the rest.
     """
-    return {"name": config["name"], "model": dict(config.get("model", {})), "l1": float(config.get("l1", 0.0)),
+    if validation and train_size + validation > 60_000:
+        raise ValueError(f"train_size {train_size} + validation {validation} exceed MNIST's 60,000 training images; "
+                         f"lower train_size to {60_000 - validation} or less")
+    held_out = {"validation": validation} if validation else {}  # absent for test-set runs: their keys stay
+    return {**held_out, "name": config["name"], "model": dict(config.get("model", {})), "l1": float(config.get("l1", 0.0)),
             "l2": float(config.get("l2", 0.0)), "seed": seed, "epochs": epochs, "batch_size": batch_size,
             "micro_batch_size": micro_batch_size or batch_size, "max_lr": float(max_lr), "train_size": train_size,
             "device": torch.device(device).type}
@@ -179,7 +185,10 @@ def train_and_store(jobs, store, data_dir="data", threads=None):
         torch.set_num_threads(threads)
     spec = jobs[0][0]
     device = torch.device(spec["device"])
-    data = first_training_images(cached_mnist(data_dir, device), spec["train_size"])
+    data = cached_mnist(data_dir, device)
+    if spec.get("validation"):
+        data = validation_split(data, spec["validation"])
+    data = first_training_images(data, spec["train_size"])
     config = {k: spec[k] for k in ("name", "model", "l1", "l2")}
     runs = train_model(config, data, spec["epochs"], batch_size=spec["batch_size"], max_lr=spec["max_lr"],
                        seeds=[s["seed"] for s, _, _ in jobs], device=device, progress=False,

@@ -182,6 +182,13 @@ def first_training_images(data, size):
     return (train_x[:size], train_y[:size]), test
 
 
+def validation_split(data, size):
+    """`data` with its last `size` training images as the test set in place of the test images, never trained on: for
+    choosing a setting (a learning rate) without looking at the test set."""
+    (train_x, train_y), _ = data
+    return (train_x[:-size], train_y[:-size]), (train_x[-size:], train_y[-size:])
+
+
 def augment(images, uniforms, max_degrees=7.0, max_shift=2.0):
     """Rotate each image by up to `max_degrees` and shift it by up to `max_shift` pixels, all in one batch op; image
     i's angle and shifts are set by uniforms[i], three numbers in [0, 1) that its seed's stream drew.
