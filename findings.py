@@ -2,7 +2,8 @@
 tests, the group-count runs and the activation statistics, never typed in. Every verdict is stats.compare_family's."""
 import statistics
 
-from probes import group_comparisons, pooled, range_summary, value_range
+from budget import THRESHOLDS, budget_comparisons, epochs_to_reach, finals_by_budget
+from probes import epochs_label, group_comparisons, pooled, range_summary, value_range
 from stats import (MARGIN, by_name, compare_family, count_failing_at_test, fails_at_test, final_test_accuracies,
                    finals_by_seed, interval, mean_sd, sweep_comparisons, sweep_points, verdict_words)
 
@@ -31,15 +32,20 @@ def answer(histories):
     return text
 
 
+FAMILY_LABELS = {"beyond": f"different beyond ±{MARGIN:g}", "within": f"different within ±{MARGIN:g}",
+                 "different": f"different (within or beyond ±{MARGIN:g} undecided)",
+                 "equivalent": f"equivalent within ±{MARGIN:g}", "undecided": "undecided", "untestable": "untestable"}
+
+
 def _family_sentence(results):
-    """A family's verdicts grouped: "different: 1 (-85.48 points), 2 (...); equivalent within ±0.2: 32, 64; ..."."""
-    labels = {"different": "different", "equivalent": f"equivalent within ±{MARGIN:g}", "undecided": "undecided",
-              "untestable": "untestable"}
+    """A family's verdicts grouped: "different beyond ±0.2: 1 (-85.48 [...]), 2 (...); equivalent within ±0.2: ..."."""
+    one_reference = len({r["b"] for r in results}) == 1  # "micro-batch 2", else "BN − LN"
+    name = (lambda r: r["a"]) if one_reference else (lambda r: f"{r['a']} − {r['b']}")
     parts = []
-    for verdict, label in labels.items():
+    for verdict, label in FAMILY_LABELS.items():
         chosen = [r for r in results if r["verdict"] == verdict]
         if chosen:
-            parts.append(f"{label}: " + ", ".join(f"{r['a']} ({interval(r)})" for r in chosen))
+            parts.append(f"{label}: " + ", ".join(f"{name(r)} ({interval(r)})" for r in chosen))
     return "; ".join(parts)
 
 
@@ -79,12 +85,34 @@ def _sweep_sentence(name, by_size, sweep, failed, at_test, results):
     return text + (f"; {lost} run(s) diverged." if lost else ".")
 
 
+def _budget_sentences(norm_histories, norm_results, budget_runs):
+    """What normalization buys: the four networks at the study's length and their pairs, then each budget's epochs to
+    reach the thresholds and each budget family's verdicts."""
+    finals = final_test_accuracies(norm_histories)
+    lines = [f"- **What normalization buys** ({epochs_label(norm_histories[0])}, final test accuracy): "
+             + ", ".join(f"{name} {mean_sd(values)}" for name, values in finals.items())
+             + "; paired by seed: " + "; ".join(map(_pair_sentence, norm_results)) + "."]
+    if budget_runs:
+        every = list(budget_runs) + list(norm_histories)
+        by_budget = finals_by_budget(every)
+        lines.append("- **Training budget**, the shortest whose mean reaches " + "; ".join(
+            f"{t:.1f}%: " + ", ".join(f"{name} {epochs_to_reach(b, t) or f'more than {max(b)}'}"
+                                    for name, b in by_budget.items()) for t in THRESHOLDS)
+            + "; each budget's pairs: " + "; ".join(
+            f"{epochs} epoch{'s' * (epochs > 1)}: {_family_sentence(results)}"
+            for epochs, results in budget_comparisons(budget_runs).items()) + ".")
+    return lines
+
+
 def findings(histories, reg_histories=(), sweep=(), report=None, curves=(), group_histories=(), study_groups=None,
-             activations=(), per_image=()):
+             activations=(), per_image=(), norm_histories=(), norm_results=(), budget_runs=()):
     """The study's conclusions as Markdown bullets, every number computed from the histories (and the regularizer
-    report, the range tests, the group-count runs, the activation statistics and `per_image`, the test accuracies of
-    the micro-batch-1 BN runs with per-image statistics), every verdict by the one paired analysis."""
+    report, the range tests, the group-count runs, the activation statistics, `per_image`, the test accuracies of
+    the micro-batch-1 BN runs with per-image statistics, and the control and budget runs with their normalization
+    family), every verdict by the one paired analysis."""
     lines = [f"- **Main study**: {answer(histories)}"]
+    if norm_histories:
+        lines += _budget_sentences(norm_histories, norm_results, budget_runs)
     if sweep:
         points, failed = sweep_points(sweep)
         at_test = count_failing_at_test(sweep)

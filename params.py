@@ -19,7 +19,8 @@ TRUTH = {"0": False, "false": False, "1": True, "true": True}  # what a truth va
 
 def from_env(name, default):
     """The parameter `name` from the environment when set there, parsed like `default` (int, float, bool, str, or a
-    list of ints written "2,4,8"), else `default`; a value that does not parse is an error naming the parameter."""
+    list of ints or of floats written "2,4,8"), else `default`; a value that does not parse is an error naming the
+    parameter."""
     text = os.environ.get(name)
     if text is None:
         return default
@@ -27,12 +28,12 @@ def from_env(name, default):
         if isinstance(default, bool):
             value = TRUTH[text.lower()]
         elif isinstance(default, list):
-            value = [int(part) for part in text.split(",")]
+            value = [type(default[0])(part) for part in text.split(",")]
         else:
             value = type(default)(text)  # a str parameter takes any text
     except (KeyError, ValueError):
-        kind = {bool: "0, 1, true or false", list: "comma-separated whole numbers", int: "a whole number",
-                float: "a number"}[type(default)]
+        kind = ({bool: "0, 1, true or false", int: "a whole number", float: "a number"}[type(default)]
+                if not isinstance(default, list) else f"comma-separated {'whole ' * isinstance(default[0], int)}numbers")
         raise ParameterError(f"environment variable {name}={text!r} is not {kind}") from None
     FROM_ENVIRONMENT[name] = value
     return value
@@ -62,7 +63,13 @@ PARAMETER_RULES = {  # name: (check, what is allowed)
     "LR_TEST_MIN": _POSITIVE, "LR_TEST_MAX": _POSITIVE,
     "GROUP_COUNTS": (lambda v: isinstance(v, list) and len(v) > 0 and all(g in (1, 2, 4, 8) for g in v),
                      f"a non-empty list of 1, 2, 4 and 8 (a group count must divide every layer width {Net.WIDTHS})"),
-    "GROUP_EPOCHS": _whole(1), "GROUP_SEEDS": _whole(1), "GROUP_TRAIN_SIZE": _whole(1, 60_000), "WORKERS": _whole(0),
+    "GROUP_EPOCHS": _whole(1), "GROUP_SEEDS": _whole(1), "GROUP_TRAIN_SIZE": _whole(1, 60_000),
+    "CONTROL_LRS": (lambda v: isinstance(v, list) and len(v) > 0 and all(_POSITIVE[0](lr) for lr in v),
+                    "a non-empty list of numbers above 0"),
+    "CONTROL_LR_EPOCHS": _whole(1), "VALIDATION_SIZE": _whole(1, 59_999),
+    "BUDGET_EPOCHS": (lambda v: isinstance(v, list) and len(v) > 0 and all(_whole(1)[0](e) for e in v),
+                      "a non-empty list of whole numbers from 1"),
+    "BUDGET_SEEDS": _whole(1), "BUDGET_TRAIN_SIZE": _whole(1, 60_000), "WORKERS": _whole(0),
     "RETRAIN": (lambda v: isinstance(v, bool), "True or False"), "VERBOSE": (lambda v: isinstance(v, bool), "True or False"),
     "RUNS_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),
     "DATA_DIR": (lambda v: isinstance(v, str) and v != "", "a folder name"),
@@ -89,10 +96,13 @@ def check_parameters(params):
     if max(params["SWEEP_MICRO_BATCHES"]) > params["BATCH_SIZE"]:
         raise ParameterError(f"parameter SWEEP_MICRO_BATCHES = {params['SWEEP_MICRO_BATCHES']!r} is not allowed: a "
                          f"micro-batch cannot exceed BATCH_SIZE = {params['BATCH_SIZE']}")
-    for name in ("SWEEP_TRAIN_SIZE", "LR_TEST_TRAIN_SIZE", "GROUP_TRAIN_SIZE"):
+    for name in ("SWEEP_TRAIN_SIZE", "LR_TEST_TRAIN_SIZE", "GROUP_TRAIN_SIZE", "BUDGET_TRAIN_SIZE"):
         if params[name] < params["BATCH_SIZE"]:
             raise ParameterError(f"parameter {name} = {params[name]!r} is not allowed: it must hold at least one batch "
                              f"of BATCH_SIZE = {params['BATCH_SIZE']} images")
+    if 60_000 - params["VALIDATION_SIZE"] < params["BATCH_SIZE"]:
+        raise ParameterError(f"parameter VALIDATION_SIZE = {params['VALIDATION_SIZE']!r} is not allowed: the training "
+                             f"images left must hold at least one batch of BATCH_SIZE = {params['BATCH_SIZE']}")
     if params["LR_TEST_MIN"] >= params["LR_TEST_MAX"]:
         raise ParameterError(f"parameter LR_TEST_MIN = {params['LR_TEST_MIN']!r} is not allowed: the range test raises "
                          f"the learning rate, so it must be below LR_TEST_MAX = {params['LR_TEST_MAX']!r}")

@@ -11,6 +11,7 @@ from matplotlib.lines import Line2D
 import torch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator, ScalarFormatter
 
+from budget import finals_by_budget
 from probes import divergence_step, epochs_label, finals_by_group, shared_statistics, smoothed
 from stats import by_name, common_seeds, paired_by_seed, summarize, sweep_points
 from utils import MNIST_MEAN, MNIST_STD, conv_weights
@@ -172,6 +173,35 @@ def plot_group_sweep(histories, study_groups, path=None, note=None):
            ylabel="final test accuracy (%)", title=f"GroupNorm group count ({epochs_label(histories[0])})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return _finish(fig, path, note)
+
+
+def plot_budget(histories, path=None, note=None, thresholds=(99.0, 99.4)):
+    """Final test accuracy against the training budget (each budget its own one-cycle schedule): a dot per seed, the
+    networks side by side at each budget, and a line through each network's means; the thresholds dotted."""
+    finals = finals_by_budget(histories)
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    offsets = [0.93, 0.98, 1.02, 1.07][:len(finals)] if len(finals) <= 4 else [1.0] * len(finals)
+    for i, (name, by_budget) in enumerate(finals.items()):
+        budgets = sorted(by_budget)
+        for epochs in budgets:
+            values = list(by_budget[epochs].values())
+            ax.plot([epochs * offsets[i]] * len(values), values, ".", color=f"C{i}", alpha=0.6, markersize=6)
+        ax.plot([e * offsets[i] for e in budgets], [statistics.fmean(by_budget[e].values()) for e in budgets],
+                color=f"C{i}", marker="o", linewidth=2, label=name)
+    for threshold in thresholds:
+        ax.axhline(threshold, color="0.5", linestyle=":", linewidth=1)
+    every = sorted({e for by_budget in finals.values() for e in by_budget})
+    ax.set_xscale("log")
+    ax.set_xticks(every)
+    ax.xaxis.set_major_formatter(PLAIN)
+    ax.xaxis.set_minor_locator(NullLocator())
+    lowest = min(v for by_budget in finals.values() for seeds in by_budget.values() for v in seeds.values())
+    ax.set_ylim(max(lowest - 0.2, 90), 100)
+    ax.set(xlabel="training budget (epochs, each its own one-cycle schedule)", ylabel="final test accuracy (%)",
+           title="What each budget reaches: a dot per seed, a line through the means")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="lower right")
     return _finish(fig, path, note)
 
 

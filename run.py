@@ -18,10 +18,12 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 NOTEBOOK = Path(__file__).resolve().parent / "experiments.ipynb"
-SMALL = {  # one epoch and one seed for the main study and the regularizer runs; sweep, range tests, groups on 1,024 images
+SMALL = {  # one epoch and one seed for the main study, the regularizer and the control runs; the sweep, range tests,
+    # groups, the control's learning rates and the budgets on about 1,000 images
     "EPOCHS": "1", "SEEDS": "1", "SWEEP_MICRO_BATCHES": "1,64", "SWEEP_TRAIN_SIZE": "1024", "SWEEP_EPOCHS": "1",
     "SWEEP_SEEDS": "1", "LR_TEST_SEEDS": "1", "LR_TEST_TRAIN_SIZE": "1024", "GROUP_COUNTS": "1,4", "GROUP_EPOCHS": "1",
-    "GROUP_SEEDS": "1", "GROUP_TRAIN_SIZE": "1024"}
+    "GROUP_SEEDS": "1", "GROUP_TRAIN_SIZE": "1024", "CONTROL_LRS": "0.05,0.1", "CONTROL_LR_EPOCHS": "1",
+    "VALIDATION_SIZE": "59000", "BUDGET_EPOCHS": "2", "BUDGET_SEEDS": "1", "BUDGET_TRAIN_SIZE": "1024"}
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """Seed statistics and their tables: summaries with 95% intervals, and the one analysis every comparison of the study
 gets, stated before the numbers (ANALYSIS): runs of one seed are paired, the paired t-test decides with Holm's
 correction within a family of comparisons, an exact sign-flip permutation test and Welch's test stand beside it, and
-an equivalence margin fixed in advance tells "equivalent" from "undecided"."""
+an equivalence margin fixed in advance sorts the verdicts (VERDICTS)."""
 import itertools
 import math
 import statistics
@@ -11,17 +11,24 @@ from scipy import stats
 ALPHA = 0.05  # family-wise error rate of each family of comparisons (Holm)
 MARGIN = 0.2  # points of test accuracy (20 of the 10,000 test digits): the equivalence margin, fixed in advance
 ANALYSIS = (
-    "Runs that share a seed share their initial weights, batch order, augmentation and dropout masks, so every "
-    "comparison is paired by seed: the difference a - b per seed, its mean with a 95% t-interval. The paired t-test "
-    "decides, with Holm's correction within each family of comparisons (the main study's three pairs; the penalties "
-    "against plain BN; each micro-batch against the largest; each group count against the study's) at a family-wise "
-    f"{ALPHA:.0%}. Beside it, an exact sign-flip permutation test on the same pairs (no normal assumption; with n "
-    "pairs its smallest p is 2 / 2^n, 0.002 for 10) and Welch's test (unpaired), which decide nothing. A pair is "
-    f"**different** when the Holm-corrected paired p is below {ALPHA}; **equivalent within ±{MARGIN}** when it is not "
-    f"and the 90% interval of the difference lies inside ±{MARGIN} points (two one-sided tests at 5%); **undecided** "
-    f"otherwise. The margin, {MARGIN} points or {MARGIN * 100:.0f} test digits, is about three times the sampling "
-    "error of one accuracy near 99.5% on 10,000 test digits (sd 0.07 points): a smaller gap would not reliably "
-    "survive a new test set, and it would not make anyone choose one normalization over another on MNIST.")
+    "Runs that share a seed share their batch order, augmentation and dropout masks (the normalized nets also their "
+    "initial conv weights), so every comparison is paired by seed: the difference a - b per seed, its mean with a 95% "
+    "t-interval. Three paired t-tests decide, each with Holm's correction within the comparison's family (the main "
+    "study's three pairs; the penalties against plain BN; each micro-batch against the largest; the normalizations "
+    "and the control at the study's length; each training budget; each group count against the study's) at a "
+    f"family-wise {ALPHA:.0%}: that the difference is not 0; that it lies inside ±{MARGIN} points (two one-sided "
+    f"tests); that it lies beyond ±{MARGIN} on the side its mean fell (p doubled, the side being picked after "
+    "looking). A pair is **different, beyond** or **within the margin** when the first test and the third or second "
+    "say so, **different** alone when neither settles its size, **equivalent within the margin** when it is not "
+    "different, **undecided** otherwise; a pair belongs to one family only. Beside them, an exact sign-flip "
+    "permutation test (no normal assumption; with n pairs its smallest p is 2 / 2^n, 0.002 for 10) and Welch's test "
+    f"(unpaired), which decide nothing. The margin, {MARGIN} points or {MARGIN * 100:.0f} test digits, is about three "
+    "times the sampling error of one accuracy near 99.5% on 10,000 test digits (sd 0.07 points): a smaller gap would "
+    "not reliably survive a new test set, and it would not make anyone choose one normalization over another on MNIST.")
+WHEN_FIXED = (  # said once, beside the ANALYSIS
+    "When it was fixed: the paired test, Holm and the margin after seeds 1-5 of the main study had been seen and "
+    "before seeds 6-10 trained; the Holm correction of the equivalence and margin tests after every run but the "
+    "control's and the training budgets' had been seen, and before those trained.")
 
 
 def by_name(histories):
@@ -127,35 +134,58 @@ def paired_difference(a, b):
     return result
 
 
+def margin_tests(result, margin):
+    """One-sided p-values of a paired difference against the margin: "p_equivalence", the two one-sided tests' p that
+    the true difference lies inside ±margin (TOST: the larger of the two), and "p_beyond", the p that it lies beyond
+    ±margin on the side the mean fell (doubled: that side was picked after looking). NaN where there is no spread."""
+    d, n = result["difference"], result["n"]
+    low, high = result["ci95"]
+    if math.isnan(low):
+        return {"p_equivalence": math.nan, "p_beyond": math.nan}
+    se = (high - low) / (2 * float(stats.t.ppf(0.975, n - 1)))
+    t_dist = stats.t(n - 1)
+    return {"p_equivalence": float(max(t_dist.sf((d + margin) / se), t_dist.cdf((d - margin) / se))),
+            "p_beyond": float(min(1.0, 2 * t_dist.sf((abs(d) - margin) / se)))}
+
+
+VERDICTS = {  # verdict: how the tables say it (the higher side is named where there is a difference)
+    "beyond": "**different**, beyond ±{m}: {higher} higher",
+    "within": "**different**, within ±{m}: {higher} higher",
+    "different": "**different**: {higher} higher; within or beyond ±{m} undecided",
+    "equivalent": "equivalent within ±{m}",
+    "undecided": "undecided",
+    "untestable": "untestable (needs 2+ paired seeds with some spread)",
+}
+
+
 def compare_family(values, pairs=None, alpha=ALPHA, margin=MARGIN):
     """The ANALYSIS applied to one family: `values` is {name: {seed: value}}, `pairs` the (a, b) compared (default:
     every pair, in order). Each result holds a, b, the seeds paired (those both have), paired_difference's fields,
-    p_holm, and the verdict: "different", "equivalent" (within ±margin), "undecided" or "untestable"."""
+    margin_tests' p-values, each Holm-corrected within the family (p_holm, p_equivalence_holm, p_beyond_holm), and
+    the verdict, a key of VERDICTS."""
     names = list(values)
     pairs = pairs if pairs is not None else [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     results = []
     for a, b in pairs:
         seeds = sorted(set(values[a]) & set(values[b]))
-        results.append({"a": a, "b": b, "seeds": seeds,
-                        **paired_difference([values[a][s] for s in seeds], [values[b][s] for s in seeds])})
-    for result, p_holm in zip(results, holm([r["p"] for r in results])):
-        low, high = result["ci90"]
-        result.update(p_holm=p_holm, margin=margin, verdict=(
-            "untestable" if math.isnan(p_holm) else "different" if p_holm < alpha
-            else "equivalent" if -margin < low and high < margin else "undecided"))
+        result = {"a": a, "b": b, "seeds": seeds, "margin": margin,
+                  **paired_difference([values[a][s] for s in seeds], [values[b][s] for s in seeds])}
+        results.append({**result, **margin_tests(result, margin)})
+    for key, corrected in (("p", "p_holm"), ("p_equivalence", "p_equivalence_holm"), ("p_beyond", "p_beyond_holm")):
+        for result, adjusted in zip(results, holm([r[key] for r in results])):
+            result[corrected] = adjusted
+    for r in results:
+        different, equivalent = r["p_holm"] < alpha, r["p_equivalence_holm"] < alpha
+        r["verdict"] = ("untestable" if math.isnan(r["p_holm"]) else "beyond" if different and r["p_beyond_holm"] < alpha
+                        else "within" if different and equivalent else "different" if different
+                        else "equivalent" if equivalent else "undecided")
     return results
 
 
 def verdict_words(result):
     """The verdict as the tables and the answer say it, naming the higher side of a difference."""
-    if result["verdict"] == "untestable":
-        return "untestable (needs 2+ paired seeds with some spread)"
-    if result["verdict"] == "different":
-        low, high = result["ci90"]
-        inside = -result["margin"] < low and high < result["margin"]
-        return (f"**different**: {result['a'] if result['difference'] > 0 else result['b']} higher"
-                + (f" (by less than ±{result['margin']:g})" if inside else ""))
-    return f"equivalent within ±{result['margin']:g}" if result["verdict"] == "equivalent" else "undecided"
+    higher = result["a"] if result["difference"] > 0 else result["b"]
+    return VERDICTS[result["verdict"]].format(m=f"{result['margin']:g}", higher=higher)
 
 
 def interval(result, digits=2):

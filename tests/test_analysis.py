@@ -80,33 +80,47 @@ def test_each_verdict_is_reached_where_the_analysis_says():
     def verdict(gaps):
         return stats.compare_family(family_of(a=[b + g for b, g in zip(base, gaps)], b=base))[0]["verdict"]
 
-    assert verdict([0.30, 0.28, 0.33, 0.31, 0.29, 0.32, 0.30, 0.27, 0.31, 0.30]) == "different"
+    assert verdict([0.30, 0.28, 0.33, 0.31, 0.29, 0.32, 0.30, 0.27, 0.31, 0.30]) == "beyond"  # 0.30 ± 0.02
+    assert verdict([0.05 + g / 100 for g in range(10)]) == "within"  # 0.095 ± 0.03
+    assert verdict([0.20 + g / 100 for g in (10, -10, 5, -5, 8, -8, 0, 3, -3, 0)]) == "different"  # 0.20: size open
     assert verdict([0.02, -0.03, 0.01, 0.04, -0.02, 0.00, 0.03, -0.01, 0.02, -0.04]) == "equivalent"
     assert verdict(UNDECIDED_GAPS) == "undecided"
     assert stats.compare_family(family_of(a=[99.6], b=[99.5]))[0]["verdict"] == "untestable"
-    small = stats.compare_family(family_of(a=[b + 0.05 + g / 100 for b, g in zip(base, range(10))], b=base))[0]
-    assert small["verdict"] == "different" and "(by less than ±0.2)" in stats.verdict_words(small)
 
 
-def test_the_margin_is_a_bound_on_the_90_percent_interval():
-    gaps = [0.15, 0.05, 0.12, 0.08, 0.10, 0.11, 0.09, 0.13, 0.07, 0.10]  # mean 0.10, ci90 about [0.08, 0.12]
+def test_the_margin_tests_are_the_intervals_they_stand_for():
+    """Equivalence by two one-sided tests at 5% is the 90% interval inside the margin; "beyond" at 5% (doubled) is
+    the 95% interval beyond it: a margin at an interval's end gives p 0.05."""
+    gaps = [0.15, 0.05, 0.12, 0.08, 0.10, 0.11, 0.09, 0.13, 0.07, 0.10]  # mean 0.10
     values = family_of(a=[99.5 + g for g in gaps], b=[99.5] * 10)
-    wide, narrow = (stats.compare_family(values, margin=m)[0] for m in (0.2, 0.1))
-    assert wide["ci90"][1] < 0.2 and narrow["ci90"][1] > 0.1
-    assert stats.verdict_words(wide) == "**different**: a higher (by less than ±0.2)"
-    assert stats.verdict_words(narrow) == "**different**: a higher"
+    [result] = stats.compare_family(values)
+    assert stats.compare_family(values, margin=result["ci90"][1])[0]["p_equivalence"] == pytest.approx(0.05)
+    assert stats.compare_family(values, margin=result["ci95"][0])[0]["p_beyond"] == pytest.approx(0.05)
+    assert stats.compare_family(values, margin=0.2)[0]["verdict"] == "within"
+    assert stats.compare_family(values, margin=0.1)[0]["verdict"] == "different"  # the mean sits on the margin
+    assert stats.compare_family(values, margin=0.05)[0]["verdict"] == "beyond"
+
+
+def test_holm_corrects_the_equivalence_verdicts_of_a_family_as_it_does_the_differences():
+    gaps = [0.20, -0.14, 0.31, -0.07, 0.17, 0.25, -0.17, 0.28, 0.03, 0.06]  # alone just inside ±0.2 (TOST p 0.042)
+    base = [99.5] * 10
+    alone = stats.compare_family(family_of(a=[b + g for b, g in zip(base, gaps)], b=base))[0]
+    assert 0.05 / 3 < alone["p_equivalence"] < 0.05 and alone["verdict"] == "equivalent"
+    three = family_of(a=[b + g for b, g in zip(base, gaps)], b=base, c=[b - g for b, g in zip(base, gaps)])
+    first = stats.compare_family(three, [("a", "b"), ("c", "b"), ("a", "c")])[0]
+    assert first["p_equivalence"] == pytest.approx(alone["p_equivalence"]) and first["verdict"] == "undecided"
 
 
 def test_holm_is_applied_within_a_family_not_across_it():
     gaps = [0.06, -0.01, 0.09, -0.03, 0.05, 0.07, -0.02, 0.08, 0.01, 0.02]  # p 0.046: alone it is a difference
     base = [99.5] * 10
     alone = stats.compare_family(family_of(a=[b + g for b, g in zip(base, gaps)], b=base))[0]
-    assert 0.05 / 3 < alone["p"] < 0.05 and alone["verdict"] == "different"
+    assert 0.05 / 3 < alone["p"] < 0.05 and alone["verdict"] == "within"
     three = family_of(a=[b + g for b, g in zip(base, gaps)], b=base, c=[b + 0.3 * g for b, g in zip(base, gaps)])
     results = stats.compare_family(three)  # a vs b, a vs c, b vs c
     assert [(r["a"], r["b"]) for r in results] == [("a", "b"), ("a", "c"), ("b", "c")]
     first = results[0]
-    assert first["p"] == pytest.approx(alone["p"]) and first["p_holm"] > 0.05 and first["verdict"] != "different"
+    assert first["p"] == pytest.approx(alone["p"]) and first["p_holm"] > 0.05 and first["verdict"] == "equivalent"
 
 
 def test_pairs_are_the_seeds_both_sides_have_whatever_their_order():
@@ -251,13 +265,11 @@ def test_an_untestable_comparison_shows_dashes_where_there_is_no_interval_or_p()
     assert row[:4] == ["a vs b", "1", "+0.10", "-"] and row[4] == "- (-)" and row[6] == "-"  # Welch needs 2 a side
 
 
-def test_a_difference_names_the_higher_side_and_the_margin_bound_is_strict():
+def test_a_difference_names_the_higher_side():
     base = SEED_BASE
     lower = stats.compare_family(family_of(a=[b - 0.3 + g / 100 for g, b in enumerate(base)], b=base))[0]
-    assert lower["verdict"] == "different" and stats.verdict_words(lower) == "**different**: b higher"
-    at_the_margin = dict(lower, ci90=(-0.2, -0.1), margin=0.2)  # a 90% interval touching -margin is not inside it
-    assert stats.verdict_words(at_the_margin) == "**different**: b higher"
-    assert stats.verdict_words(dict(lower, ci90=(0.1, 0.2), margin=0.2, difference=0.15)) == "**different**: a higher"
+    assert lower["verdict"] == "beyond" and "b higher" in stats.verdict_words(lower)
+    assert "a higher" in stats.verdict_words(dict(lower, verdict="within", difference=0.15))
 
 
 def test_a_run_fails_at_test_below_50_percent_only():
@@ -281,14 +293,10 @@ def test_the_verdict_words_of_an_equivalent_and_an_undecided_pair():
     assert stats.verdict_words(undecided) == "undecided"
 
 
-def test_the_verdict_edges_p_at_alpha_and_an_interval_touching_the_margin():
+def test_the_verdict_edge_p_at_alpha_is_no_difference():
     values = family_of(a=[99.5, 99.6, 99.7], b=[99.4, 99.4, 99.5])
     [result] = stats.compare_family(values, alpha=stats.compare_family(values)[0]["p_holm"])
-    assert result["verdict"] != "different"  # different needs p below alpha, not equal to it
-    for sides in (dict(a=[0.1, 0.2, 0.3], b=[0.0] * 3), dict(a=[0.0] * 3, b=[0.1, 0.2, 0.3])):
-        low, high = stats.compare_family(family_of(**sides), alpha=1e-9)[0]["ci90"]
-        margin = max(high, -low)  # the interval reaches the margin on one side: it is not inside it
-        assert stats.compare_family(family_of(**sides), alpha=1e-9, margin=margin)[0]["verdict"] == "undecided"
+    assert result["verdict"] not in ("beyond", "within", "different")  # different needs p below alpha, not equal
 
 
 def test_holm_caps_at_one_and_welch_works_when_both_sides_spread_alike():
@@ -341,7 +349,7 @@ def test_the_answer_ranks_by_mean_accuracy_and_names_every_seed_count():
     assert findings.answer(main).startswith(
         "Final test accuracy, mean ± sd over 2/3 seeds: LN 99.58% ± 0.11, GN 99.32% ± 0.03, BN 99.15% ± 0.05. Paired "
         "by seed (95% interval; Holm-corrected paired t-test; margin ±0.2): BN − GN -0.17 [-0.24, -0.11] points, "
-        "different: GN higher; BN − LN -0.43 [-0.74, -0.11] points, undecided; GN − LN ")
+        "different: GN higher; within or beyond ±0.2 undecided; BN − LN -0.43 [-0.74, -0.11] points, undecided; GN − LN ")
 
 
 def test_a_sweep_sentence_groups_undecided_and_untestable_sizes_and_counts_what_diverged_or_fails_at_test():

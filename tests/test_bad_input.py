@@ -61,7 +61,8 @@ def good_parameters():
             "GN_GROUPS": 4, "DROPOUT": 0.05, "SWEEP_MICRO_BATCHES": [2, 128], "SWEEP_TRAIN_SIZE": 60_000,
             "SWEEP_EPOCHS": 2, "SWEEP_SEEDS": 3, "LR_TEST_SEEDS": 3, "LR_TEST_MIN": 1e-3, "LR_TEST_MAX": 100.0,
             "LR_TEST_TRAIN_SIZE": 60_000, "GROUP_COUNTS": [1, 2, 4, 8], "GROUP_EPOCHS": 5, "GROUP_SEEDS": 5,
-            "GROUP_TRAIN_SIZE": 60_000, "WORKERS": 0, "RUNS_DIR": "runs", "RETRAIN": False, "VERBOSE": False, "DATA_DIR": "data",
+            "GROUP_TRAIN_SIZE": 60_000, "CONTROL_LRS": [0.01, 0.1], "CONTROL_LR_EPOCHS": 8, "VALIDATION_SIZE": 10_000,
+            "BUDGET_EPOCHS": [1, 2, 4, 8], "BUDGET_SEEDS": 5, "BUDGET_TRAIN_SIZE": 60_000, "WORKERS": 0, "RUNS_DIR": "runs", "RETRAIN": False, "VERBOSE": False, "DATA_DIR": "data",
             "OUTPUT_DIR": "images"}
 
 
@@ -93,7 +94,8 @@ def test_parameters_that_only_clash_with_each_other_are_caught():
     params.check_parameters(good_parameters())
 
 
-@pytest.mark.parametrize("text, default, value", [("3", 20, 3), ("2,8", [1], [2, 8]), ("1", False, True),
+@pytest.mark.parametrize("text, default, value", [("3", 20, 3), ("2,8", [1], [2, 8]), ("0.05,0.2", [0.1], [0.05, 0.2]),
+                                                  ("1", False, True),
                                                   ("false", True, False), ("0.2", 0.1, 0.2), ("out", "images", "out")])
 def test_environment_values_are_parsed_like_the_default_and_recorded(monkeypatch, text, default, value):
     monkeypatch.setenv("SOME_PARAMETER", text)
@@ -103,7 +105,8 @@ def test_environment_values_are_parsed_like_the_default_and_recorded(monkeypatch
     assert params.FROM_ENVIRONMENT == {"SOME_PARAMETER": value}  # what a run prints as "not the defaults"
 
 
-@pytest.mark.parametrize("text, default, kind", [("abc", 20, "a whole number"), ("2,x", [1], "comma-separated"),
+@pytest.mark.parametrize("text, default, kind", [("abc", 20, "a whole number"), ("2,x", [1], "comma-separated whole"),
+                                                 ("0.1,x", [0.1], "comma-separated numbers"),
                                                  ("yes", False, "0, 1, true or false")])
 def test_an_environment_value_that_does_not_parse_names_the_variable(monkeypatch, text, default, kind):
     monkeypatch.setenv("EPOCHS", text)

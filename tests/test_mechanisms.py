@@ -39,7 +39,7 @@ def test_the_comparison_table_reports_welch_and_paired_side_by_side():
     paired, welch = scipy_stats.ttest_rel(*finals.values()).pvalue, scipy_stats.ttest_ind(*finals.values(),
                                                                                             equal_var=False).pvalue
     assert welch > 0.05 > paired  # only the paired test sees it, and only it decides
-    assert row.endswith(f"| {paired:.2g} ({paired:.2g}) | 0.062 | {welch:.2g} | **different**: A higher (by less than ±0.2) |")
+    assert row.endswith(f"| {paired:.2g} ({paired:.2g}) | 0.062 | {welch:.2g} | **different**, within ±0.2: A higher |")
 
 
 def test_same_seed_gives_every_normalization_the_same_start_and_the_same_random_stream(tiny):

@@ -27,6 +27,8 @@ EDGES = {
     "SWEEP_SEEDS": ([1], [0]), "LR_TEST_SEEDS": ([1], [0]), "LR_TEST_TRAIN_SIZE": ([60_000], [60_001]),
     "LR_TEST_MIN": ([TINY], [0.0]), "LR_TEST_MAX": ([1000.0], [math.inf]), "GROUP_COUNTS": ([[1, 2, 4, 8]], [[16], []]),
     "GROUP_EPOCHS": ([1], [0]), "GROUP_SEEDS": ([1], [0]), "GROUP_TRAIN_SIZE": ([60_000], [60_001]),
+    "CONTROL_LRS": ([[TINY]], [[0.0], []]), "CONTROL_LR_EPOCHS": ([1], [0]), "VALIDATION_SIZE": ([1], [0]),
+    "BUDGET_EPOCHS": ([[1]], [[0], []]), "BUDGET_SEEDS": ([1], [0]), "BUDGET_TRAIN_SIZE": ([60_000], [60_001]),
     "WORKERS": ([0], [-1]), "RETRAIN": ([False, True], [0, 1]), "VERBOSE": ([False, True], [0, 1]),
     "RUNS_DIR": (["runs"], [""]), "DATA_DIR": (["data"], [""]), "OUTPUT_DIR": (["images"], [""]),
 }
@@ -41,8 +43,8 @@ def test_each_parameter_rule_passes_its_edge_and_fails_the_first_value_past_it(n
     good, bad = EDGES[name]
     base = dict(good_parameters(), RUNS_DIR=str(tmp_path / "runs"), OUTPUT_DIR=str(tmp_path / "out"),
                 SWEEP_MICRO_BATCHES=[1], SWEEP_TRAIN_SIZE=60_000, LR_TEST_TRAIN_SIZE=60_000, GROUP_TRAIN_SIZE=60_000)
-    for value in good:
-        params.check_parameters(dict(base, **{name: str(tmp_path / value) if name.endswith("_DIR") and value else value}))
+    for value in good:  # the rule itself: rules between parameters may bound an edge further (BATCH_SIZE 60,000)
+        assert params.PARAMETER_RULES[name][0](value), (name, value)
     for value in bad:
         with pytest.raises(ValueError, match=rf"parameter {name} = {repr(value).replace('[', '.').replace(']', '.')} "):
             params.check_parameters(dict(base, **{name: value}))
@@ -60,10 +62,13 @@ def test_the_rules_between_parameters_fail_at_their_first_value_too():
     params.check_parameters(dict(base, SWEEP_MICRO_BATCHES=[128]))  # a micro-batch may be the whole batch ...
     with pytest.raises(ValueError, match="cannot exceed BATCH_SIZE"):
         params.check_parameters(dict(base, SWEEP_MICRO_BATCHES=[129]))  # ... and not one more
-    for name in ("SWEEP_TRAIN_SIZE", "LR_TEST_TRAIN_SIZE", "GROUP_TRAIN_SIZE"):
+    for name in ("SWEEP_TRAIN_SIZE", "LR_TEST_TRAIN_SIZE", "GROUP_TRAIN_SIZE", "BUDGET_TRAIN_SIZE"):
         params.check_parameters(dict(base, **{name: 128}))  # one batch is enough ...
         with pytest.raises(ValueError, match=f"parameter {name} = 127 .* at least one batch"):
             params.check_parameters(dict(base, **{name: 127}))
+    params.check_parameters(dict(base, VALIDATION_SIZE=60_000 - 128))  # the images left hold one batch ...
+    with pytest.raises(ValueError, match="VALIDATION_SIZE = 59873 .* at least one batch"):
+        params.check_parameters(dict(base, VALIDATION_SIZE=60_000 - 127))  # ... and not one image less
     params.check_parameters(dict(base, LR_TEST_MIN=math.nextafter(100.0, 0.0), LR_TEST_MAX=100.0))
     with pytest.raises(ValueError, match="LR_TEST_MIN = 100.0 .* must be below LR_TEST_MAX = 100.0"):
         params.check_parameters(dict(base, LR_TEST_MIN=100.0, LR_TEST_MAX=100.0))

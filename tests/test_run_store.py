@@ -46,7 +46,7 @@ def test_a_loaded_run_has_the_history_and_weights_it_was_trained_with(tmp_path, 
 
 @pytest.mark.parametrize("change", [{"seed": 2}, {"epochs": 2}, {"train_size": 640}, {"micro_batch_size": 32},
                                     {"l1": 1e-4}, {"max_lr": 0.05}, {"model": {"norm": "gn", "groups": 2}},
-                                    {"device": "cuda"}])
+                                    {"device": "cuda"}, {"validation": 128}])
 def test_anything_that_changes_the_result_changes_the_key(change):
     assert store.run_key(tiny_spec(**change), "code") != store.run_key(tiny_spec(), "code")
 
@@ -433,6 +433,18 @@ def test_a_spec_s_defaults_are_the_study_s():
     spec = store.run_spec({"name": "BN + L2", "model": {"norm": "bn"}, "l1": 1e-5, "l2": 1e-4}, 1, 2, batch_size=64,
                           micro_batch_size=16)
     assert (spec["l1"], spec["l2"], spec["batch_size"], spec["micro_batch_size"]) == (1e-5, 1e-4, 64, 16)
+
+
+def test_a_validation_run_trains_on_none_of_its_held_out_images_and_is_tested_on_them_not_on_the_test_set(
+        tmp_path, tiny, tiny_store):
+    spec = store.run_spec(GN, 1, 1, batch_size=32, train_size=384, validation=128)
+    [(_, history)] = store.train_or_load([spec], tmp_path)
+    (train_x, train_y), _ = tiny  # 512 images: the first 384 train, the last 128 test
+    [(_, expected)] = utils.train_model(GN, ((train_x[:384], train_y[:384]), (train_x[-128:], train_y[-128:])), 1,
+                                        batch_size=32, progress=False)
+    assert history["test_acc"] == expected["test_acc"] and history["train_loss"] == expected["train_loss"]
+    with pytest.raises(ValueError, match="train_size 50001 \\+ validation 10000 exceed .* lower train_size to 50000"):
+        store.run_spec(GN, 1, 1, train_size=50_001, validation=10_000)
 
 
 def test_specs_whose_fields_come_in_another_order_still_train_together():

@@ -127,7 +127,7 @@ def test_a_run_that_trained_but_fails_at_test_is_averaged_in_and_drawn_below_the
     plots.plt.close(fig)
     text = findings.findings(histories_of("BN + L1", [99.5, 99.6]), sweep=sweep, per_image=[98.7, 98.9])
     assert "- **Micro-batch sweep, BN**: micro-batch 1 8.00% ± 2.83, 128 99.30% ± 0.14; each size against 128, paired " \
-           "by seed (points): different: micro-batch 1 (-91.30 [" in text
+           "by seed (points): different beyond ±0.2: micro-batch 1 (-91.30 [" in text
     assert "below 50% at test though training reached 97.1-97.5% (running train accuracy): 2 of 2 at micro-batch 1." \
         in text
     assert ("- **BN at micro-batch 1**, test accuracy in eval mode (running averages) 8.00% ± 2.83; the same weights "
@@ -203,11 +203,11 @@ def test_findings_are_computed_from_the_histories():
     [bn_l1_ln, *_] = stats.compare_family(stats.finals_by_seed(main))
     assert bn_l1_ln["p"] == pytest.approx(scipy_stats.ttest_rel([99.50, 99.52, 99.54], [99.30, 99.31, 99.33]).pvalue)
     low, high = bn_l1_ln["ci95"]
-    assert f"BN + L1 − LN +0.21 [{low:+.2f}, {high:+.2f}] points, different: BN + L1 higher" in text
+    assert f"BN + L1 − LN +0.21 [{low:+.2f}, {high:+.2f}] points, different, beyond ±0.2: BN + L1 higher" in text
     [two] = stats.sweep_comparisons(sweep)["BN"]
     assert two["difference"] == pytest.approx(-1.95)
     assert (f"- **Micro-batch sweep, BN**: micro-batch 2 97.20% ± 0.28, 128 99.15% ± 0.21; each size against 128, "
-            f"paired by seed (points): {'different' if two['verdict'] == 'different' else two['verdict']}: micro-batch 2 "
+            f"paired by seed (points): {findings.FAMILY_LABELS[two['verdict']]}: micro-batch 2 "
             f"({stats.interval(two)}).") in text
     assert "**Regularizers** (final test accuracy): BN 99.51% ± 0.02, BN + L1 99.52% ± 0.02, BN + L2 99.50% ± 0.10; " \
            "paired by seed: BN + L1 − BN +0.01 [" in text
