@@ -33,12 +33,12 @@ def plot_per_seed(histories, path=None, note=None):
     """Final test accuracy of each configuration, a line per seed joining its runs: parallel lines mean the seed moves
     all configurations alike, which the paired test uses."""
     paired = paired_by_seed(histories)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     for i, seed in enumerate(common_seeds(histories)):
         ax.plot(list(paired), [values[i] for values in paired.values()], marker="o", label=f"seed {seed}")
     ax.set(xlabel="configuration", ylabel="final test accuracy (%)", title="Each seed's runs, paired")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)  # beside: no seed hidden
     return _finish(fig, path, note)
 
 
@@ -226,7 +226,7 @@ def plot_normalization_axes(micro_batch=3, groups=4, path=None):
         ax.set_facecolor("none")  # the next panel must not hide this one's labels
         ax.text(n / 2, -1.2, 0, "N (samples)", fontsize=9, ha="center", va="top")
         ax.text(n + 0.5, c / 2, -0.5, "C (channels)", fontsize=9, ha="left", va="top")
-        ax.text(-0.6, 0, p / 2, "H × W", fontsize=9, ha="right", va="center")
+        ax.text(0, 0, p + 0.4, "H × W (pixels)", fontsize=9, ha="center", va="bottom")  # above: inside any crop
         ax.set_title(title, fontsize=10)
     fig.suptitle("Blue: the elements that one mean and variance are taken over, in an (N, C, H × W) activation "
                  "(found by asking the study's own layers)", fontsize=10)
@@ -240,11 +240,12 @@ def plot_weight_histograms(models, path=None, note=None, relative=0.01):
     probes.near_zero_fraction) marked, with the share below it in the legend."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     bins = torch.logspace(-6, 0, 61).numpy()
-    for name, runs in models.items():
+    for i, (name, runs) in enumerate(models.items()):
         weights = torch.cat([(w.detach().abs() / w.detach().abs().max()).flatten().cpu()
                              for m in runs for w in conv_weights(m)])
         below = 100 * (weights < relative).float().mean().item()
-        ax.hist(weights.clamp(min=bins[0]).numpy(), bins=bins, histtype="step", linewidth=1.6,
+        ax.hist(weights.clamp(min=bins[0]).numpy(), bins=bins, histtype="step", linewidth=2.8 if i == 0 else 1.6,
+                linestyle=("-", "--", ":")[i % 3],  # outlines that coincide (BN and BN + L2) both stay visible
                 weights=torch.full_like(weights, 100 / len(weights)).numpy(), label=f"{name}: {below:.1f}% near zero")
     ax.axvline(relative, color="0.3", linestyle="--", linewidth=1)
     ax.annotate(f"near zero: below {relative:g}\nof the layer's largest", (relative, 0.97), ha="right", va="top",
