@@ -3,7 +3,7 @@ test set), the normalized nets against it paired by seed, and the training budge
 8 and 20 epochs, each budget its own one-cycle schedule."""
 import statistics
 
-from stats import compare_family, mean_sd
+from stats import compare_family, finals_by_seed, mean_sd
 
 THRESHOLDS = (99.0, 99.4)  # test accuracies (%) whose budget the study reports: "epochs to reach"
 
@@ -64,9 +64,11 @@ def untested_pairs(names, tested):
     return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if frozenset((a, b)) not in done]
 
 
-def normalization_comparisons(finals, tested=()):
-    """The normalization family of the ANALYSIS at the study's length: `finals` {name: {seed: final test accuracy}}
-    of BN, LN, GN and the control, every pair but those in `tested`."""
+def normalization_comparisons(norm_histories, main_histories):
+    """The normalization family of the ANALYSIS at the study's length: every pair of `norm_histories` (BN, LN, GN and
+    the control) but those the main study's family (`main_histories`) already decides, paired by seed."""
+    finals = finals_by_seed(norm_histories)
+    tested = [(r["a"], r["b"]) for r in compare_family(finals_by_seed(main_histories))]
     return compare_family(finals, untested_pairs(list(finals), tested))
 
 

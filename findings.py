@@ -2,7 +2,7 @@
 tests, the group-count runs and the activation statistics, never typed in. Every verdict is stats.compare_family's."""
 import statistics
 
-from budget import THRESHOLDS, budget_comparisons, epochs_to_reach, finals_by_budget
+from budget import THRESHOLDS, budget_comparisons, epochs_to_reach, finals_by_budget, normalization_comparisons
 from probes import epochs_label, group_comparisons, pooled, range_summary, value_range
 from stats import (MARGIN, by_name, compare_family, count_failing_at_test, fails_at_test, final_test_accuracies,
                    finals_by_seed, interval, mean_sd, sweep_comparisons, sweep_points, verdict_words)
@@ -85,10 +85,11 @@ def _sweep_sentence(name, by_size, sweep, failed, at_test, results):
     return text + (f"; {lost} run(s) diverged." if lost else ".")
 
 
-def _budget_sentences(norm_histories, norm_results, budget_runs):
+def _budget_sentences(histories, norm_histories, budget_runs):
     """What normalization buys: the four networks at the study's length and their pairs, then each budget's epochs to
     reach the thresholds and each budget family's verdicts."""
     finals = final_test_accuracies(norm_histories)
+    norm_results = normalization_comparisons(norm_histories, histories)
     lines = [f"- **What normalization buys** ({epochs_label(norm_histories[0])}, final test accuracy): "
              + ", ".join(f"{name} {mean_sd(values)}" for name, values in finals.items())
              + "; paired by seed: " + "; ".join(map(_pair_sentence, norm_results)) + "."]
@@ -105,14 +106,14 @@ def _budget_sentences(norm_histories, norm_results, budget_runs):
 
 
 def findings(histories, reg_histories=(), sweep=(), report=None, curves=(), group_histories=(), study_groups=None,
-             activations=(), per_image=(), norm_histories=(), norm_results=(), budget_runs=()):
+             activations=(), per_image=(), norm_histories=(), budget_runs=()):
     """The study's conclusions as Markdown bullets, every number computed from the histories (and the regularizer
     report, the range tests, the group-count runs, the activation statistics, `per_image`, the test accuracies of
-    the micro-batch-1 BN runs with per-image statistics, and the control and budget runs with their normalization
-    family), every verdict by the one paired analysis."""
+    the micro-batch-1 BN runs with per-image statistics, BN, LN, GN and the control at the study's length, and the
+    budget runs), every verdict by the one paired analysis."""
     lines = [f"- **Main study**: {answer(histories)}"]
     if norm_histories:
-        lines += _budget_sentences(norm_histories, norm_results, budget_runs)
+        lines += _budget_sentences(histories, norm_histories, budget_runs)
     if sweep:
         points, failed = sweep_points(sweep)
         at_test = count_failing_at_test(sweep)

@@ -12,23 +12,23 @@ ALPHA = 0.05  # family-wise error rate of each family of comparisons (Holm)
 MARGIN = 0.2  # points of test accuracy (20 of the 10,000 test digits): the equivalence margin, fixed in advance
 ANALYSIS = (
     "Runs that share a seed share their batch order, augmentation and dropout masks (the normalized nets also their "
-    "initial conv weights), so every comparison is paired by seed: the difference a - b per seed, its mean with a 95% "
-    "t-interval. Three paired t-tests decide, each with Holm's correction within the comparison's family (the main "
-    "study's three pairs; the penalties against plain BN; each micro-batch against the largest; the normalizations "
-    "and the control at the study's length; each training budget; each group count against the study's) at a "
-    f"family-wise {ALPHA:.0%}: that the difference is not 0; that it lies inside ±{MARGIN} points (two one-sided "
-    f"tests); that it lies beyond ±{MARGIN} on the side its mean fell (p doubled, the side being picked after "
-    "looking). A pair is **different, beyond** or **within the margin** when the first test and the third or second "
-    "say so, **different** alone when neither settles its size, **equivalent within the margin** when it is not "
-    "different, **undecided** otherwise; a pair belongs to one family only. Beside them, an exact sign-flip "
-    "permutation test (no normal assumption; with n pairs its smallest p is 2 / 2^n, 0.002 for 10) and Welch's test "
-    f"(unpaired), which decide nothing. The margin, {MARGIN} points or {MARGIN * 100:.0f} test digits, is about three "
-    "times the sampling error of one accuracy near 99.5% on 10,000 test digits (sd 0.07 points): a smaller gap would "
-    "not reliably survive a new test set, and it would not make anyone choose one normalization over another on MNIST.")
+    "initial conv weights), so every comparison is paired by seed: the mean difference a - b with its 95% t-interval. "
+    f"Three paired t-tests decide, each Holm-corrected within the comparison's family at a family-wise {ALPHA:.0%}: "
+    f"the difference is not 0; it lies inside ±{MARGIN} points (two one-sided tests); it lies beyond ±{MARGIN} on the "
+    "side its mean fell (p doubled, the side being picked after looking). Verdicts: **different, beyond** or "
+    "**within the margin** (the first test and the third or the second); **different** (neither settles its size); "
+    "**equivalent within the margin** (not different, and inside); **undecided**. The families: the main study's "
+    "three pairs; the penalties against plain BN; each micro-batch against the largest; the normalizations and the "
+    "control at the study's length; each training budget; each group count against the study's. A pair is tested in "
+    "one family only. An exact sign-flip permutation test (with n pairs its smallest p is 2 / 2^n, 0.002 for 10) and "
+    f"Welch's unpaired test stand beside, deciding nothing. The margin, {MARGIN} points or {MARGIN * 100:.0f} test "
+    "digits, is about three times the sampling error of one accuracy near 99.5% on 10,000 test digits (sd 0.07 "
+    "points): a smaller gap would not reliably survive a new test set, and would make no one choose one normalization "
+    "over another on MNIST.")
 WHEN_FIXED = (  # said once, beside the ANALYSIS
-    "When it was fixed: the paired test, Holm and the margin after seeds 1-5 of the main study had been seen and "
-    "before seeds 6-10 trained; the Holm correction of the equivalence and margin tests after every run but the "
-    "control's and the training budgets' had been seen, and before those trained.")
+    "When it was fixed: the paired test, Holm and the margin after seeds 1-5 of the main study had been seen, before "
+    "seeds 6-10 trained; Holm on the equivalence and margin tests after every other run had been seen, before the "
+    "control and the training budgets trained.")
 
 
 def by_name(histories):

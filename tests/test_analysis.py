@@ -322,10 +322,11 @@ def test_the_committed_findings_are_what_findings_makes_of_the_committed_results
     committed = committed_markdown("display(Markdown(findings.findings(")
     load = {name: store.load_histories(IMAGES / f"{name}.json") for name in (
         "history", "regularizer_history", "micro_batch_sweep", "regularizer_report", "lr_range", "group_sweep",
-        "activation_statistics", "per_image_accuracy")}
+        "activation_statistics", "per_image_accuracy", "normalizations", "budget_history")}
     computed = findings.findings(  # 4: the notebook's GN_GROUPS
         load["history"], load["regularizer_history"], load["micro_batch_sweep"], load["regularizer_report"],
-        load["lr_range"], load["group_sweep"], 4, load["activation_statistics"], load["per_image_accuracy"])
+        load["lr_range"], load["group_sweep"], 4, load["activation_statistics"], load["per_image_accuracy"],
+        load["normalizations"], load["budget_history"])
     assert computed.splitlines() == committed.splitlines()
 
 

@@ -34,7 +34,7 @@ def test_committed_notebook_holds_an_executed_run_without_errors():
     assert not any(o["output_type"] == "error" for o in OUTPUTS)
     # the normalization axes, 3 graphs, the 3 grids in one figure, sweep, weights, per-seed pairs, activations, range
     # test, group count
-    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 11
+    assert sum("image/png" in o.get("data", {}) for o in OUTPUTS) == 12
 
 
 def test_the_first_cell_and_the_readme_state_the_answer_of_the_committed_execution():
@@ -56,7 +56,7 @@ def test_outputs_are_text_and_png_only():
 def test_readme_images_exist():
     readme = (ROOT / "README.md").read_text()
     for name in ("test_loss", "test_accuracy", "train_curves", "misclassified", "normalization_axes", "micro_batch_sweep",
-                 "weight_histograms", "per_seed", "activation_statistics", "lr_range", "group_sweep"):
+                 "weight_histograms", "per_seed", "activation_statistics", "lr_range", "group_sweep", "budget"):
         assert f"images/{name}.png" in readme and (ROOT / "images" / f"{name}.png").stat().st_size > 10_000
 
 
@@ -190,6 +190,7 @@ def test_the_setup_cell_outside_colab_without_the_repository_says_in_one_line_wh
 
 def test_readme_tables_equal_what_the_committed_histories_give():
     """Every results table in the README is recomputed here from the committed JSON of the same execution."""
+    import budget
     import probes
     import stats
     import store
@@ -199,7 +200,13 @@ def test_readme_tables_equal_what_the_committed_histories_give():
     tables = {"history.json": [stats.seed_table, stats.comparison_table, stats.per_seed_table],
               "micro_batch_sweep.json": [stats.sweep_table], "regularizer_report.json": [probes.regularizer_table],
               "activation_statistics.json": [probes.activation_table], "lr_range.json": [probes.divergence_table],
-              "group_sweep.json": [lambda histories: probes.group_table(histories, study_groups=4)]}
+              "group_sweep.json": [lambda histories: probes.group_table(histories, study_groups=4)],
+              "normalizations.json": [stats.seed_table], "control_lr_grid.json": [budget.lr_grid_table]}
+    if (images / "budget_history.json").exists():
+        norm, main = (store.load_histories(images / name) for name in ("normalizations.json", "history.json"))
+        budget_runs = store.load_histories(images / "budget_history.json")
+        assert budget.budget_table(budget_runs + norm) in readme
+        assert stats.family_table(budget.normalization_comparisons(norm, main)) in readme
     checked = 0
     for name, make_tables in tables.items():
         if (images / name).exists():  # all three once the full-size execution is committed
