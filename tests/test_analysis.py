@@ -14,7 +14,7 @@ import probes
 import stats
 import store
 from model import Net
-from test_utils import fake_history
+from helpers import fake_history
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 
@@ -148,7 +148,7 @@ def test_the_table_and_the_answer_say_what_the_family_says():
 
 
 def test_the_notebook_and_the_readme_state_the_analysis_before_the_numbers():
-    from test_notebook import NOTEBOOK, ROOT
+    from helpers import NOTEBOOK, ROOT
     flat = " ".join(stats.ANALYSIS.split())
     cells = [" ".join("".join(c["source"]).split()) for c in NOTEBOOK["cells"]]
     stated = next(i for i, cell in enumerate(cells) if flat in cell)

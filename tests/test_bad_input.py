@@ -8,6 +8,7 @@ import pytest
 
 import params
 import utils
+from helpers import good_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = ROOT / "data" / "MNIST" / "raw"
@@ -54,16 +55,6 @@ def test_extra_bytes_are_named_too(mnist_copy):
 def test_the_real_files_pass_the_check():
     for name in utils.MNIST_FILES:
         utils.check_mnist_file(RAW / name)
-
-
-def good_parameters():
-    return {"EPOCHS": 20, "SEEDS": 5, "BATCH_SIZE": 128, "MAX_LR": 0.1, "L1_LAMBDA": 5e-5, "L2_LAMBDA": 5e-4,
-            "GN_GROUPS": 4, "DROPOUT": 0.05, "SWEEP_MICRO_BATCHES": [2, 128], "SWEEP_TRAIN_SIZE": 60_000,
-            "SWEEP_EPOCHS": 2, "SWEEP_SEEDS": 3, "LR_TEST_SEEDS": 3, "LR_TEST_MIN": 1e-3, "LR_TEST_MAX": 100.0,
-            "LR_TEST_TRAIN_SIZE": 60_000, "GROUP_COUNTS": [1, 2, 4, 8], "GROUP_EPOCHS": 5, "GROUP_SEEDS": 5,
-            "GROUP_TRAIN_SIZE": 60_000, "CONTROL_LRS": [0.01, 0.1], "CONTROL_LR_EPOCHS": 8, "VALIDATION_SIZE": 10_000,
-            "BUDGET_EPOCHS": [1, 2, 4, 8], "BUDGET_SEEDS": 5, "BUDGET_TRAIN_SIZE": 60_000, "WORKERS": 0, "RUNS_DIR": "runs", "RETRAIN": False, "VERBOSE": False, "DATA_DIR": "data",
-            "OUTPUT_DIR": "images"}
 
 
 @pytest.mark.parametrize("name, value, allowed", [

@@ -9,7 +9,7 @@ import plots
 import probes
 import utils
 from model import Net
-from test_utils import fake_history
+from helpers import fake_history
 
 README_COLUMN_PX = 888  # GitHub shows a README at most this wide: a wider figure is scaled down to it
 SMALLEST_PX = 9
@@ -180,7 +180,7 @@ def test_what_each_layer_averages_over_is_asked_of_the_layer_and_is_what_the_doc
 
 
 def test_no_notebook_code_line_is_longer_than_120_characters():
-    from test_notebook import NOTEBOOK
+    from helpers import NOTEBOOK
     long = [line for cell in NOTEBOOK["cells"] if cell["cell_type"] == "code"
             for line in "".join(cell["source"]).splitlines() if len(line) > 120]
     assert not long, long

@@ -16,10 +16,10 @@ import plots
 import probes
 import stats
 import store
-from entries import job_of, key_of
+from helpers import job_of, key_of
 import utils
 from model import Net
-from test_utils import fake_history
+from helpers import fake_history
 
 
 # ---------------------------------------------------------------- paired seeds

@@ -17,8 +17,7 @@ import nbformat
 import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = json.loads((ROOT / "experiments.ipynb").read_text())
+from helpers import NOTEBOOK, ROOT
 OUTPUTS = [o for c in NOTEBOOK["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
 
 

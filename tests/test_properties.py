@@ -11,10 +11,10 @@ import torch.nn as nn
 
 import params
 import store
-from entries import job_of, key_of, load_run
+from helpers import job_of, key_of, load_run
 import utils
 from model import GhostBatchNorm2d, Net
-from test_bad_input import good_parameters
+from helpers import good_parameters
 
 TINY = math.ulp(0.0)  # the smallest positive float: the first value past 0
 

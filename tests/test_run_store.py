@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import store
-from entries import job_of, key_of, load_run, save_run
+from helpers import job_of, key_of, load_run, save_run
 import utils
 from model import Net
 

@@ -11,7 +11,7 @@ import probes
 import stats
 import utils
 from model import Net
-from test_utils import fake_history
+from helpers import fake_history
 
 
 def test_summarize_matches_hand_computed_mean_std_and_t_interval():

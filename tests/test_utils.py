@@ -17,6 +17,7 @@ import plots
 import store
 import utils
 from model import Net
+from helpers import fake_history
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = ROOT / "data" / "MNIST" / "raw"  # where CI and conftest put MNIST
@@ -241,13 +242,6 @@ def test_training_reduces_the_test_loss(tiny):
 def test_batch_size_larger_than_the_data_is_rejected(tiny):
     with pytest.raises(ValueError, match="batch_size 1024 is larger than the 512 training images"):
         utils.train_model({"name": "LN", "model": {"norm": "ln"}}, tiny, epochs=1, batch_size=1024)
-
-
-def fake_history(name, test_acc):
-    n = len(test_acc)
-    return {"name": name, "params": 9752, "epoch": list(range(1, n + 1)), "seconds": [1.5] * n,
-            "train_loss": [0.5 / e for e in range(1, n + 1)], "train_acc": [90.0 + e for e in range(n)],
-            "test_loss": [0.1 / e for e in range(1, n + 1)], "test_acc": test_acc}
 
 
 def test_plots_write_png_files(tiny, tmp_path):
