@@ -93,7 +93,8 @@ def plot_lr_range(curves, path=None, note=None):
     seed's loss leaves for good (probes.divergence_step) an x on its curve, or a triangle at the top edge when the
     curve is above the plot there or no longer a number. The y-range spans the curves up to just above their start."""
     networks = by_name(curves)
-    fig, axes = plt.subplots(2, math.ceil(len(networks) / 2), figsize=(8, 6), sharex=True, sharey=True, squeeze=False)
+    columns = math.ceil(len(networks) / 2)
+    fig, axes = plt.subplots(2, columns, figsize=(max(8, 3.2 * columns), 6), sharex=True, sharey=True, squeeze=False)
     starts = [smoothed(c["loss"])[0] for c in curves]
     lowest = min(min(v for v in smoothed(c["loss"]) if math.isfinite(v)) for c in curves)
     bottom, top = 0.8 * lowest, 1.6 * max(starts)
@@ -113,6 +114,7 @@ def plot_lr_range(curves, path=None, note=None):
         ax.legend(fontsize=8, loc="lower left")
     for ax in axes.flat[len(networks):]:
         ax.axis("off")
+        axes[0, list(axes[1]).index(ax)].xaxis.set_tick_params(labelbottom=True)  # the panel above shows the scale
     ax = axes[0, 0]
     ax.set_xscale("log")
     ax.set_yscale("log")
