@@ -48,7 +48,8 @@ def range_curves():
     shapes = {"BN": lambda k: 2.3 - 2.1 * min(k, 300) / 300 + (40.0 if k > 370 else 0),
               "LN": lambda k: 2.3 - 1.5 * min(k, 250) / 250 + (3.0 if 120 < k < 130 or k > 330 else 0),
               "GN": lambda k: 2.3 - 1.6 * min(k, 260) / 260 + (float("nan") if k > 350 else 0),
-              "no norm": lambda k: 2.3 + (60.0 if k > 300 else 0)}
+              "no norm, default init": lambda k: 2.3 + (60.0 if k > 300 else 0),
+              "No norm": lambda k: 2.3 - 2.0 * min(k, 280) / 280 + (30.0 if k > 360 else 0)}
     return [{"name": name, "seed": seed, "lr": lrs, "loss": [shape(k) for k in range(400)]}
             for name, shape in shapes.items() for seed in (1, 2, 3)]
 
@@ -78,6 +79,8 @@ def figures(mnist):
         "lr_range": plots.plot_lr_range(range_curves(), note=note),
         "group_sweep": plots.plot_group_sweep(groups, 4, note=note),
         "normalization_axes": plots.plot_normalization_axes(),
+        "budget": plots.plot_budget([dict(h, epoch=list(range(1, epochs + 1)), test_acc=[98.0 + epochs / 20] * epochs)
+                                     for epochs in (1, 2, 4, 8, 20) for h in histories], note=note),
     }
 
 
@@ -122,12 +125,13 @@ def test_the_range_test_marks_every_seed_that_leaves_and_spends_its_y_range_on_t
     fig = plots.plot_lr_range(curves)
     leaving = [c for c in curves if probes.divergence_step(c["loss"]) is not None]
     marks = [line for ax in fig.axes for line in ax.lines if line.get_marker() in ("x", "^")]
-    assert len(marks) == len(leaving) == 9  # BN, LN and GN leave in every seed; no norm never learned
+    assert len(marks) == len(leaving) == 12  # BN, LN, GN and the control leave in every seed; no norm never learned
     assert {line.get_marker() for line in marks} == {"x", "^"}  # the blow-ups above the plot at its top edge
     bottom, top = fig.axes[0].get_ylim()
     lowest = min(min(v for v in probes.smoothed(c["loss"]) if math.isfinite(v)) for c in curves)
     assert bottom <= lowest and top < 4 * 2.3  # not a decade of empty axis above the start
-    assert [ax.get_title() for ax in fig.axes] == ["BN", "LN", "GN", "no norm"]  # one panel each: nothing tangles
+    assert [ax.get_title() for ax in fig.axes] == ["BN", "LN", "GN", "no norm, default init", "No norm", ""]
+    assert not fig.axes[-1].axison  # the sixth panel is empty and hidden; one panel each, nothing tangles
     plots.plt.close(fig)
 
 
