@@ -66,7 +66,7 @@ PARAMETER_RULES = {  # name: (check, what is allowed)
     "GROUP_EPOCHS": _whole(1), "GROUP_SEEDS": _whole(1), "GROUP_TRAIN_SIZE": _whole(1, 60_000),
     "CONTROL_LRS": (lambda v: isinstance(v, list) and len(v) > 0 and all(_POSITIVE[0](lr) for lr in v),
                     "a non-empty list of numbers above 0"),
-    "CONTROL_LR_EPOCHS": _whole(1), "VALIDATION_SIZE": _whole(1, 59_999),
+    "CONTROL_LR_EPOCHS": _whole(1), "VALIDATION_SIZE": _whole(1, 59_999), "CONTROL_SEEDS": _whole(1),
     "BUDGET_EPOCHS": (lambda v: isinstance(v, list) and len(v) > 0 and all(_whole(1)[0](e) for e in v),
                       "a non-empty list of whole numbers from 1"),
     "BUDGET_SEEDS": _whole(1), "BUDGET_TRAIN_SIZE": _whole(1, 60_000), "WORKERS": _whole(0),

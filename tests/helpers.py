@@ -22,6 +22,7 @@ def good_parameters():
             "SWEEP_EPOCHS": 2, "SWEEP_SEEDS": 3, "LR_TEST_SEEDS": 3, "LR_TEST_MIN": 1e-3, "LR_TEST_MAX": 100.0,
             "LR_TEST_TRAIN_SIZE": 60_000, "GROUP_COUNTS": [1, 2, 4, 8], "GROUP_EPOCHS": 5, "GROUP_SEEDS": 5,
             "GROUP_TRAIN_SIZE": 60_000, "CONTROL_LRS": [0.01, 0.1], "CONTROL_LR_EPOCHS": 8, "VALIDATION_SIZE": 10_000,
+            "CONTROL_SEEDS": 5,
             "BUDGET_EPOCHS": [1, 2, 4, 8], "BUDGET_SEEDS": 5, "BUDGET_TRAIN_SIZE": 60_000, "WORKERS": 0,
             "RUNS_DIR": "runs", "RETRAIN": False, "VERBOSE": False, "DATA_DIR": "data", "OUTPUT_DIR": "images"}
 

@@ -28,6 +28,7 @@ EDGES = {
     "LR_TEST_MIN": ([TINY], [0.0]), "LR_TEST_MAX": ([1000.0], [math.inf]), "GROUP_COUNTS": ([[1, 2, 4, 8]], [[16], []]),
     "GROUP_EPOCHS": ([1], [0]), "GROUP_SEEDS": ([1], [0]), "GROUP_TRAIN_SIZE": ([60_000], [60_001]),
     "CONTROL_LRS": ([[TINY]], [[0.0], []]), "CONTROL_LR_EPOCHS": ([1], [0]), "VALIDATION_SIZE": ([1], [0]),
+    "CONTROL_SEEDS": ([1], [0]),
     "BUDGET_EPOCHS": ([[1]], [[0], []]), "BUDGET_SEEDS": ([1], [0]), "BUDGET_TRAIN_SIZE": ([60_000], [60_001]),
     "WORKERS": ([0], [-1]), "RETRAIN": ([False, True], [0, 1]), "VERBOSE": ([False, True], [0, 1]),
     "RUNS_DIR": (["runs"], [""]), "DATA_DIR": (["data"], [""]), "OUTPUT_DIR": (["images"], [""]),
