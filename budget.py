@@ -47,7 +47,8 @@ def budget_table(histories, thresholds=THRESHOLDS):
     finals = finals_by_budget(histories)
     budgets = sorted({epochs for by_budget in finals.values() for epochs in by_budget})
     rows = ["| network | " + " | ".join(f"{e} epoch{'s' * (e > 1)}" for e in budgets) + " | "
-            + " | ".join(f"epochs to {t:.1f}%" for t in thresholds) + " |", "|" + " --- |" * (len(budgets) + 1 + len(thresholds))]
+            + " | ".join(f"epochs to {t:.1f}%" for t in thresholds) + " |",
+            "|" + " --- |" * (len(budgets) + 1 + len(thresholds))]
     for name, by_budget in finals.items():
         cells = [f"{mean_sd(list(by_budget[e].values()))} ({len(by_budget[e])})" if e in by_budget else "-"
                  for e in budgets]
@@ -77,6 +78,5 @@ def budget_comparisons(histories, skip=()):
     for that many epochs, paired by seed. {epochs: results}."""
     finals = finals_by_budget(histories)
     budgets = sorted({epochs for by_budget in finals.values() for epochs in by_budget} - set(skip))
-    return {epochs: compare_family({name: by_budget[epochs] for name, by_budget in finals.items() if epochs in by_budget})
-            for epochs in budgets}
+    return {epochs: compare_family({name: b[epochs] for name, b in finals.items() if epochs in b}) for epochs in budgets}
 

@@ -38,7 +38,8 @@ FAMILY_LABELS = {"beyond": f"different beyond ±{MARGIN:g}", "within": f"differe
 
 
 def _family_sentence(results):
-    """A family's verdicts grouped: "different beyond ±0.2: 1 (-85.48 [...]), 2 (...); equivalent within ±0.2: ..."."""
+    """A family's verdicts grouped: "different beyond ±0.2: 1 (-85.48 [...]), 2 (...); equivalent within ±0.2: ...";
+    each comparison named by its first side when all share their second, else "a − b"."""
     one_reference = len({r["b"] for r in results}) == 1  # "micro-batch 2", else "BN − LN"
     name = (lambda r: r["a"]) if one_reference else (lambda r: f"{r['a']} − {r['b']}")
     parts = []

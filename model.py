@@ -154,7 +154,8 @@ class Net(nn.Module):
 
         def block(c_in, c_out, padding=0):
             return nn.Sequential(conv(c_in, c_out, 3, padding, normalized=True),
-                                 norm_layer(norm, c_out, groups, micro_batch, copies), nn.ReLU(), Dropout(dropout, copies))
+                                 norm_layer(norm, c_out, groups, micro_batch, copies), nn.ReLU(),
+                                 Dropout(dropout, copies))
 
         self.features = nn.Sequential(
             block(1, 8),                            # 28 -> 26

@@ -22,8 +22,9 @@ SMALL = {  # one epoch and one seed for the main study, the regularizer and the 
     # groups, the control's learning rates and the budgets on about 1,000 images
     "EPOCHS": "1", "SEEDS": "1", "SWEEP_MICRO_BATCHES": "1,64", "SWEEP_TRAIN_SIZE": "1024", "SWEEP_EPOCHS": "1",
     "SWEEP_SEEDS": "1", "LR_TEST_SEEDS": "1", "LR_TEST_TRAIN_SIZE": "1024", "GROUP_COUNTS": "1,4", "GROUP_EPOCHS": "1",
-    "GROUP_SEEDS": "1", "GROUP_TRAIN_SIZE": "1024", "CONTROL_LRS": "0.05,0.1", "CONTROL_LR_EPOCHS": "1", "CONTROL_SEEDS": "1",
-    "VALIDATION_SIZE": "59000", "BUDGET_EPOCHS": "2", "BUDGET_SEEDS": "1", "BUDGET_TRAIN_SIZE": "1024"}
+    "GROUP_SEEDS": "1", "GROUP_TRAIN_SIZE": "1024", "CONTROL_LRS": "0.05,0.1", "CONTROL_LR_EPOCHS": "1",
+    "CONTROL_SEEDS": "1", "VALIDATION_SIZE": "59000", "BUDGET_EPOCHS": "2", "BUDGET_SEEDS": "1",
+    "BUDGET_TRAIN_SIZE": "1024"}
 
 
 def main(argv=None):
