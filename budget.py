@@ -78,5 +78,6 @@ def budget_comparisons(histories, skip=()):
     for that many epochs, paired by seed. {epochs: results}."""
     finals = finals_by_budget(histories)
     budgets = sorted({epochs for by_budget in finals.values() for epochs in by_budget} - set(skip))
-    return {epochs: compare_family({name: b[epochs] for name, b in finals.items() if epochs in b}) for epochs in budgets}
+    return {epochs: compare_family({name: b[epochs] for name, b in finals.items() if epochs in b})
+            for epochs in budgets}
 
