@@ -34,7 +34,7 @@ KINDS = {  # name: (Net kwargs, L1 lambda)
 TOGETHER = (1, 5, 10)
 STEPS_PER_EPOCH = 60_000 // 128
 STUDY_EPOCHS = (30 * 20 + 20 * 20 + 50 * 4 + 20 * 20  # main (3 x 10 seeds), BN and BN + L2, micro-batch sweep, 2 and 8 groups
-                + 10 * 20 + 5 * 8 * 5 // 6  # the control, 10 seeds, and its learning rates (8 epochs of 50,000 images)
+                + 8 * 20 + 5 * 8 * 5 // 6  # the control, 8 seeds, and its learning rates (8 epochs of 50,000 images)
                 + 15 * (1 + 2 + 8) + 5 * (1 + 2 + 4 + 8)  # the budgets (BN, LN, GN at 4 epochs are the sweep's)
                 + 15 * 1)  # the range tests; 1 and 4 groups are the main study's LN and GN runs
 
