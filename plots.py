@@ -179,16 +179,24 @@ def plot_group_sweep(histories, study_groups, path=None, note=None):
 
 
 def plot_budget(histories, path=None, note=None, thresholds=(99.0, 99.4)):
-    """Final test accuracy against the training budget (each budget its own one-cycle schedule): a dot per seed, the
-    networks side by side at each budget, and a line through each network's means; the thresholds dotted."""
+    """Final test accuracy against the training budget (each budget its own one-cycle schedule): a dot per seed (below
+    90%, a triangle at the bottom edge with its value), the networks side by side at each budget, and a line through
+    each network's means; the thresholds dotted."""
     finals = finals_by_budget(histories)
     fig, ax = plt.subplots(figsize=(8, 4.6))
     offsets = [0.93, 0.98, 1.02, 1.07][:len(finals)] if len(finals) <= 4 else [1.0] * len(finals)
+    lowest = min(v for by_budget in finals.values() for seeds in by_budget.values() for v in seeds.values())
+    bottom = max(lowest - 0.2, 90)  # a seed below 90% is drawn at the bottom edge with its value beside it
     for i, (name, by_budget) in enumerate(finals.items()):
         budgets = sorted(by_budget)
         for epochs in budgets:
             values = list(by_budget[epochs].values())
-            ax.plot([epochs * offsets[i]] * len(values), values, ".", color=f"C{i}", alpha=0.6, markersize=6)
+            shown = [v for v in values if v >= bottom]
+            ax.plot([epochs * offsets[i]] * len(shown), shown, ".", color=f"C{i}", alpha=0.6, markersize=6)
+            for k, v in enumerate(sorted(v for v in values if v < bottom)):
+                ax.plot(epochs * offsets[i], 0.02, "v", color=f"C{i}", markersize=7, transform=ax.get_xaxis_transform())
+                ax.annotate(f"{v:.1f}%", (epochs * offsets[i], 0.02), xycoords=ax.get_xaxis_transform(), fontsize=9,
+                            xytext=(6, 12 * k), textcoords="offset points", color=f"C{i}", va="bottom")
         ax.plot([e * offsets[i] for e in budgets], [statistics.fmean(by_budget[e].values()) for e in budgets],
                 color=f"C{i}", marker="o", linewidth=2, label=name)
     for threshold in thresholds:
@@ -198,8 +206,7 @@ def plot_budget(histories, path=None, note=None, thresholds=(99.0, 99.4)):
     ax.set_xticks(every)
     ax.xaxis.set_major_formatter(PLAIN)
     ax.xaxis.set_minor_locator(NullLocator())
-    lowest = min(v for by_budget in finals.values() for seeds in by_budget.values() for v in seeds.values())
-    ax.set_ylim(max(lowest - 0.2, 90), 100)
+    ax.set_ylim(bottom, 100)
     ax.set(xlabel="training budget (epochs, each its own one-cycle schedule)", ylabel="final test accuracy (%)",
            title="What each budget reaches: a dot per seed, a line through the means")
     ax.grid(alpha=0.3)

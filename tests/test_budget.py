@@ -64,3 +64,13 @@ def test_the_budget_table_and_figure_show_every_seed_and_the_mean_it_reaches():
     means = {line.get_label(): list(line.get_ydata()) for line in ax.lines if line.get_label() in ("BN", "No norm")}
     assert means == {"BN": pytest.approx([99.15, 99.45]), "No norm": pytest.approx([98.05, 99.15])}
     plots.plt.close(fig)
+
+
+def test_a_seed_far_below_the_others_stays_visible_at_the_figure_s_bottom_edge_with_its_value():
+    runs = [run("No norm", seed, 1, acc) for seed, acc in ((1, 77.79), (2, 96.0), (3, 97.0))]
+    fig = plots.plot_budget(runs)
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] == 90  # the scale is spent on the rest ...
+    assert [t.get_text() for t in ax.texts] == ["77.8%"]  # ... and the outlier is written where it is marked
+    assert [line.get_marker() for line in ax.lines].count("v") == 1
+    plots.plt.close(fig)
