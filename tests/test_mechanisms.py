@@ -177,7 +177,7 @@ def test_the_committed_range_tests_are_what_lr_range_spec_makes_of_their_setting
     runs = Path(__file__).resolve().parent.parent / "runs"
     committed = [json.loads(path.read_text())["spec"] for path in runs.glob("*.json")]
     ranges = [spec for spec in committed if spec.get("kind") == "lr_range_test"]
-    assert len(ranges) == 12  # 3 seeds of BN, LN, GN and no norm
+    assert len(ranges) == 15  # 3 seeds of BN, LN, GN and both nets without normalization
     for spec in ranges:
         settings = {k: spec[k] for k in ("batch_size", "lr_min", "lr_max", "train_size", "device")}
         assert store.lr_range_spec({"name": spec["name"], "model": spec["model"]}, spec["seed"], **settings) == spec
